@@ -1,0 +1,1 @@
+"""Flower ClientApp of fedlab: the lab side of every round."""

@@ -1,0 +1,1 @@
+"""Data at a lab: schema, loaders, checks, bundled data sets, partitioners."""

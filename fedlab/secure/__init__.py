@@ -1,0 +1,1 @@
+"""Secure aggregation: encoding, masks, Shamir shares, keys, the protocol (numpy + cryptography only)."""

@@ -1,0 +1,1 @@
+"""Flower ServerApp of fedlab: round loop, aggregation, secure aggregation server side."""
