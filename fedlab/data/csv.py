@@ -241,12 +241,18 @@ def _split_rows(
         except StopIteration:
             break
         except csv.Error as exc:
+            # The reader cannot resynchronise after bad quoting: report what we have.
             line = reader.line_num
-            raise DataError(
-                f"{file}, line {line}, column {_column_name(schema, _quote_column(text, line))!r}"
-                f": malformed quoting ({exc}); expected plain comma-separated fields or fields "
-                'wholly enclosed in double quotes (write a quote inside one as "")'
-            ) from None
+            column = _quote_column(text, line)
+            problems.add(
+                line,
+                column,
+                _column_name(schema, column),
+                f"malformed quoting ({exc})",
+                "write plain comma-separated fields, or enclose a whole field in double "
+                'quotes (a quote inside it written as "")',
+            )
+            problems.raise_if_any()
         line = reader.line_num
         if line - previous_line > 1:
             problems.add(
@@ -257,6 +263,7 @@ def _split_rows(
                 "fields cannot contain line breaks; remove them",
             )
             previous_line = line
+            header_pending = False
             continue
         previous_line = line
         if not fields:  # an empty line is one empty field
@@ -463,8 +470,6 @@ def load_csv(
     problems = _Problems(file)
     text = _read_text(path, schema)
     rows, line_list = _split_rows(text, schema, file, problems)
-    if schema.header and not rows and not problems.total:
-        raise DataError(f"{file}, line 2: no data rows after the header; expected at least one row")
     lines = np.asarray(line_list, dtype=np.int64)
     columns_text: list[tuple[str, ...]] = list(zip(*rows, strict=True)) if rows else []
 
@@ -478,6 +483,11 @@ def load_csv(
         else:
             parsed.append(_parse_coded(column, index, fields, line_list, schema, problems))
     problems.raise_if_any()
+    if not rows:  # only a header line
+        raise DataError(
+            f"{file}, line 2, column {schema.column_names[0]!r}: no data rows after the "
+            "header; expected at least one row; add the lab's rows below the header"
+        )
 
     # ---- missing values
     label = next(p for p in parsed if p.column.type == "label")

@@ -35,6 +35,19 @@ class FeatureStats:
     std: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        # Accept any sequences (lists, numpy arrays); store plain tuples so that equal
+        # statistics compare equal and the object stays immutable.
+        try:
+            names = tuple(str(n) for n in self.names)
+            mean = tuple(float(v) for v in self.mean)
+            std = tuple(float(v) for v in self.std)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"feature stats: expected sequences of names and of numbers ({exc})"
+            ) from None
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
         if not (len(self.names) == len(self.mean) == len(self.std)):
             raise ConfigError(
                 f"feature stats: {len(self.names)} names, {len(self.mean)} means and "

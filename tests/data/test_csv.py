@@ -93,9 +93,6 @@ def test_header_line_is_checked_and_skipped(tmp_path):
     msg = load_error(path, schema)
     assert_names(msg, path, 1, "cp")
     assert "'chest'" in msg
-    path = write(tmp_path, "age,dose,cp,site,note,num\n")
-    msg = load_error(path, schema)
-    assert str(path) in msg and "line 2" in msg and "no data rows after the header" in msg
 
 
 def test_crlf_and_bom_are_accepted(tmp_path):
@@ -144,6 +141,14 @@ def test_stats_from_sums_and_values():
         FeatureStats.from_sums(("a",), [0], [0], [0])
     with pytest.raises(ConfigError, match="finite"):
         FeatureStats(names=("a",), mean=(float("nan"),), std=(1.0,))
+    with pytest.raises(ConfigError, match="std >= 0"):
+        FeatureStats(names=("a",), mean=(0.0,), std=(-1.0,))
+    with pytest.raises(ConfigError, match="sequences of names and of numbers"):
+        FeatureStats(names=("a",), mean=("x",), std=(1.0,))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="1 names, 2 means"):
+        FeatureStats(names=("a",), mean=(0.0, 1.0), std=(1.0,))
+    # lists and arrays are stored as tuples, so equal statistics compare equal
+    assert FeatureStats(["a"], np.array([1.0]), [2.0]) == FeatureStats(("a",), (1.0,), (2.0,))
 
 
 # ---------------------------------------------------------------- missing values
@@ -389,6 +394,20 @@ def test_several_problems_in_one_message(tmp_path):
     assert msg.startswith(f"{path}, line 1, column 'cp': unknown category")
     assert "[2 more problem(s): line 2, column 'age'" in msg
     assert "line 3, column 'num'" in msg
+
+
+def test_count_and_value_problems_are_reported_together(tmp_path):
+    path = write(tmp_path, "41,1,1,a,x\n41,1,1,zz,x,0\n")
+    msg = load_error(path)
+    assert msg.startswith(f"{path}, line 1, column 'num': found 5 fields")
+    assert "line 2, column 'site': unknown category: found 'zz'" in msg
+
+
+def test_header_only_file(tmp_path):
+    path = write(tmp_path, "age,dose,cp,site,note,num\n")
+    msg = load_error(path, make_schema(header=True))
+    assert_names(msg, path, 2, "age")
+    assert "no data rows after the header" in msg
 
 
 def test_many_problems_are_capped(tmp_path):

@@ -130,7 +130,7 @@ def test_dirichlet_bad_arguments(kwargs, match):
         dirichlet(**args)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     labels=st.lists(st.integers(0, 4), min_size=1, max_size=60),
     n_labs=st.integers(1, 8),

@@ -255,7 +255,7 @@ _random_schema = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(_random_schema)
 def test_random_schema_dicts_parse_or_raise_config_error(d):
     try:
