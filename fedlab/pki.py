@@ -80,6 +80,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import contextvars
 import datetime as dt
 import fcntl
 import ipaddress
@@ -662,49 +663,52 @@ def provision(
         roster_bytes = roster.to_bytes()
         roster_sig = _sign_roster(roster, ca_key)
 
-        ca_dir = _mkdir(staging / "ca")
-        _write_private(ca_dir / CA_KEY, _pkcs8_pem(ca_key))
-        _write_public(ca_dir / CA_CERT, ca_pem)
-        _write_public(ca_dir / FEDERATION_TOML, config_text.encode("utf-8"))
-        state = {
-            "federation": federation,
-            "server_address": address,
-            "server_hosts": list(hosts),
-            "valid_days": valid_days,
-        }
-        _write_public(ca_dir / STATE_JSON, (json.dumps(state, indent=2) + "\n").encode())
-        _write_roster(ca_dir, roster_bytes, roster_sig)
+        with _batched_dir_sync():
+            ca_dir = _mkdir(staging / "ca")
+            _write_private(ca_dir / CA_KEY, _pkcs8_pem(ca_key))
+            _write_public(ca_dir / CA_CERT, ca_pem)
+            _write_public(ca_dir / FEDERATION_TOML, config_text.encode("utf-8"))
+            state = {
+                "federation": federation,
+                "server_address": address,
+                "server_hosts": list(hosts),
+                "valid_days": valid_days,
+            }
+            _write_public(ca_dir / STATE_JSON, (json.dumps(state, indent=2) + "\n").encode())
+            _write_roster(ca_dir, roster_bytes, roster_sig)
 
-        server_key = ec.generate_private_key(_CURVE())
-        server_cert = _make_server_cert(server_key, ca_key, ca_cert, federation, hosts, valid_days)
-        server_dir = _mkdir(staging / "server")
-        _write_public(server_dir / CA_CERT, ca_pem)
-        _write_public(
-            server_dir / SERVER_CERT, server_cert.public_bytes(serialization.Encoding.PEM)
-        )
-        _write_private(server_dir / SERVER_KEY, _pkcs8_pem(server_key))
-        _write_public(server_dir / FEDERATION_TOML, config_text.encode("utf-8"))
-        _write_roster(server_dir, roster_bytes, roster_sig)
-        nodes_dir = _mkdir(server_dir / NODES_DIR)
-        for entry in roster.active():
-            _write_public(nodes_dir / f"{entry.name}.pub", _node_pub_file(entry))
-        _write_public(server_dir / README, _server_readme(federation, hosts).encode("utf-8"))
-
-        labs_dir = _mkdir(staging / "labs")
-        for entry in roster.labs:
-            identity, node = lab_keys[entry.name]
-            _write_lab_kit(
-                labs_dir / entry.name,
-                name=entry.name,
-                federation=federation,
-                server_address=address,
-                ca_pem=ca_pem,
-                identity=identity,
-                node=node,
-                roster_bytes=roster_bytes,
-                roster_sig=roster_sig,
-                config_text=config_text,
+            server_key = ec.generate_private_key(_CURVE())
+            server_cert = _make_server_cert(
+                server_key, ca_key, ca_cert, federation, hosts, valid_days
             )
+            server_dir = _mkdir(staging / "server")
+            _write_public(server_dir / CA_CERT, ca_pem)
+            _write_public(
+                server_dir / SERVER_CERT, server_cert.public_bytes(serialization.Encoding.PEM)
+            )
+            _write_private(server_dir / SERVER_KEY, _pkcs8_pem(server_key))
+            _write_public(server_dir / FEDERATION_TOML, config_text.encode("utf-8"))
+            _write_roster(server_dir, roster_bytes, roster_sig)
+            nodes_dir = _mkdir(server_dir / NODES_DIR)
+            for entry in roster.active():
+                _write_public(nodes_dir / f"{entry.name}.pub", _node_pub_file(entry))
+            _write_public(server_dir / README, _server_readme(federation, hosts).encode("utf-8"))
+
+            labs_dir = _mkdir(staging / "labs")
+            for entry in roster.labs:
+                identity, node = lab_keys[entry.name]
+                _write_lab_kit(
+                    labs_dir / entry.name,
+                    name=entry.name,
+                    federation=federation,
+                    server_address=address,
+                    ca_pem=ca_pem,
+                    identity=identity,
+                    node=node,
+                    roster_bytes=roster_bytes,
+                    roster_sig=roster_sig,
+                    config_text=config_text,
+                )
 
         # Swap the staged tree in; an old tree (force) is removed only afterwards.
         old = out_dir / f".replaced-{secrets.token_hex(4)}"
@@ -779,18 +783,19 @@ def add_lab(out_dir: Path, name: str, *, server_address: str | None = None) -> P
         labs_dir = _mkdir(out_dir / "labs")
         staging = Path(_mkdtemp(labs_dir, f".new-{name}-"))
         try:
-            _write_lab_kit(
-                staging / name,
-                name=name,
-                federation=roster.federation,
-                server_address=address,
-                ca_pem=ca.cert.public_bytes(serialization.Encoding.PEM),
-                identity=identity,
-                node=node,
-                roster_bytes=roster_bytes,
-                roster_sig=roster_sig,
-                config_text=ca.config_text,
-            )
+            with _batched_dir_sync():
+                _write_lab_kit(
+                    staging / name,
+                    name=name,
+                    federation=roster.federation,
+                    server_address=address,
+                    ca_pem=ca.cert.public_bytes(serialization.Encoding.PEM),
+                    identity=identity,
+                    node=node,
+                    roster_bytes=roster_bytes,
+                    roster_sig=roster_sig,
+                    config_text=ca.config_text,
+                )
             (staging / name).rename(kit_dir)
             _fsync_dir(labs_dir)
         finally:
@@ -892,31 +897,32 @@ def _load_ca_dir(out_dir: Path) -> _CaDir:
 
 def _distribute_roster(out_dir: Path, roster: Roster, roster_bytes: bytes, sig: bytes) -> None:
     """Write a new roster into ca/, the server kit and every lab kit under DIR/labs/."""
-    _write_roster(out_dir / "ca", roster_bytes, sig)
-    server_dir = out_dir / "server"
-    if server_dir.is_dir():
-        _write_roster(server_dir, roster_bytes, sig)
-        nodes_dir = _mkdir(server_dir / NODES_DIR)
-        for entry in roster.labs:
-            pub = nodes_dir / f"{entry.name}.pub"
-            if entry.revoked:
-                if pub.exists():
-                    pub.unlink()
-            elif not pub.exists():
-                _write_public(pub, _node_pub_file(entry))
-        _fsync_dir(nodes_dir)
-    else:
-        logger.warning("%s not found: copy the new roster to the server yourself", server_dir)
-    labs_dir = out_dir / "labs"
-    if not labs_dir.is_dir():
-        return
-    for kit_dir in sorted(p for p in labs_dir.iterdir() if p.is_dir()):
-        if kit_dir.name.startswith("."):
-            continue
-        if roster.get(kit_dir.name) is None:
-            logger.warning("%s is not a lab of the roster; left unchanged", kit_dir)
-            continue
-        _write_roster(kit_dir, roster_bytes, sig)
+    with _batched_dir_sync():
+        _write_roster(out_dir / "ca", roster_bytes, sig)
+        server_dir = out_dir / "server"
+        if server_dir.is_dir():
+            _write_roster(server_dir, roster_bytes, sig)
+            nodes_dir = _mkdir(server_dir / NODES_DIR)
+            for entry in roster.labs:
+                pub = nodes_dir / f"{entry.name}.pub"
+                if entry.revoked:
+                    if pub.exists():
+                        pub.unlink()
+                elif not pub.exists():
+                    _write_public(pub, _node_pub_file(entry))
+            _fsync_dir(nodes_dir)
+        else:
+            logger.warning("%s not found: copy the new roster to the server yourself", server_dir)
+        labs_dir = out_dir / "labs"
+        if not labs_dir.is_dir():
+            return
+        for kit_dir in sorted(p for p in labs_dir.iterdir() if p.is_dir()):
+            if kit_dir.name.startswith("."):
+                continue
+            if roster.get(kit_dir.name) is None:
+                logger.warning("%s is not a lab of the roster; left unchanged", kit_dir)
+                continue
+            _write_roster(kit_dir, roster_bytes, sig)
 
 
 def _result(
@@ -1434,7 +1440,30 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    pending = _PENDING_DIR_SYNCS.get()
+    if pending is None:
+        _fsync_dir(path.parent)
+    else:
+        pending.add(path.parent)
+
+
+# Directories whose fsync is deferred to the end of a batch of writes (see _batched_dir_sync).
+_PENDING_DIR_SYNCS: contextvars.ContextVar[set[Path] | None] = contextvars.ContextVar(
+    "fedlab_pki_pending_dir_syncs", default=None
+)
+
+
+@contextlib.contextmanager
+def _batched_dir_sync() -> Iterator[None]:
+    """Within the block, fsync each written-to directory once at the end, not per file."""
+    pending: set[Path] = set()
+    token = _PENDING_DIR_SYNCS.set(pending)
+    try:
+        yield
+    finally:
+        _PENDING_DIR_SYNCS.reset(token)
+        for directory in sorted(pending, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(directory)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1449,6 +1478,9 @@ def _fsync_dir(path: Path) -> None:
 def _mkdir(path: Path) -> Path:
     path.mkdir(mode=_DIR_MODE, exist_ok=True)
     os.chmod(path, _DIR_MODE)
+    pending = _PENDING_DIR_SYNCS.get()
+    if pending is not None:
+        pending.add(path.parent)
     return path
 
 
