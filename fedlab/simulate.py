@@ -1,0 +1,147 @@
+"""`fedlab simulate`: a whole federation on one machine, on Flower's simulation runtime."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedlab.config import FederationConfig, apply_overrides, default_config, load_config
+from fedlab.errors import RunError
+from fedlab.job import Job
+from fedlab.runs import atomic_write, new_run_dir
+
+log = logging.getLogger(__name__)
+
+
+def make_identities(keys_dir: Path, labs: list[str]) -> dict[str, str]:
+    """An Ed25519 identity key per virtual lab (mode 0600); returns the roster (public, hex)."""
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    roster: dict[str, str] = {}
+    for lab in labs:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        atomic_write(keys_dir / f"{lab}.key", pem, mode=0o600)
+        roster[lab] = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                                    serialization.PublicFormat.Raw).hex()
+    return roster
+
+
+def check_simulation_data(cfg: FederationConfig) -> list[str]:
+    """Load every virtual lab's data before starting anything (clear errors, fast)."""
+    from fedlab.task import load_simulation_lab, simulation_labs
+
+    labs = simulation_labs(cfg)
+    for i, lab in enumerate(labs):
+        data = load_simulation_lab(cfg, i)
+        log.info("lab %s: %d train, %d validation, %d test rows", lab, len(data.y_train),
+                 len(data.y_val), len(data.y_test))
+    return labs
+
+
+class _Progress:
+    """Follows metrics.jsonl of the run and shows a progress bar per round."""
+
+    def __init__(self, run_dir: Path, rounds: int, enabled: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.rounds = rounds
+        self.seen = 0
+        self.enabled = enabled
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                                     TimeElapsedColumn())
+            self.progress.start()
+            self.task = self.progress.add_task("starting Flower + Ray", total=self.rounds,
+                                               status="")
+        return self
+
+    def poll(self) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        acc = None
+        done = None
+        for line in lines[self.seen:]:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            self.seen += 1
+            if row.get("kind") == "round":
+                done = int(row["round"])
+            if row.get("kind") == "eval" and row.get("lab") == "pooled":
+                acc = row.get("accuracy")
+        if done is not None:
+            status = "" if acc is None or math.isnan(acc) else f"pooled test acc {acc:.3f}"
+            self.progress.update(self.task, completed=done, description="rounds", status=status)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.poll()
+            self.progress.stop()
+
+
+def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int | None = None,
+             plain: bool = False, ray_address: str = "", progress: bool = True,
+             timeout: float | None = None) -> tuple[Path, dict[str, Any]]:
+    """Run a simulated federation; returns (run folder, summary)."""
+    from fedlab.launch import APP_DIR, private_tempdir, run_flwr, simulation_superlink
+
+    cfg = load_config(config_path) if config_path else default_config()
+    overrides: dict[str, object] = {}
+    if rounds is not None:
+        overrides["rounds"] = rounds
+    if plain:
+        overrides["secure"] = False
+    cfg = apply_overrides(cfg, overrides)
+    labs = check_simulation_data(cfg)
+    if len(labs) < cfg.min_labs:
+        raise RunError(f"the simulation has {len(labs)} labs but min_labs is {cfg.min_labs}")
+    run_dir = new_run_dir(out, cfg.name).resolve()
+    work = private_tempdir("fedlab-sim-")
+    try:
+        roster = make_identities(work / "keys", labs)
+        job = Job(mode="simulation", config_toml=cfg.to_toml(),
+                  config_where=str(config_path or "built-in federation"), base_dir=cfg.base_dir,
+                  run_dir=str(run_dir), labs=tuple(labs), roster=roster,
+                  keys_dir=str(work / "keys"), overrides=overrides)
+        job_path = work / "job.json"
+        job.save(job_path)
+        sim = cfg.simulation
+        fed_cfg = f"num-supernodes={len(labs)} client-resources-num-cpus={sim.cpus_per_lab:g}"
+        with simulation_superlink(work, ray_address=ray_address or sim.ray_address) as (conn, env):
+            with _Progress(run_dir, cfg.rounds, progress) as prog:
+                rc = run_flwr(APP_DIR, conn, env, job_path=job_path, federation_config=fed_cfg,
+                              log_path=run_dir / "flower.log", on_poll=prog.poll,
+                              timeout=timeout)
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            tail = (run_dir / "flower.log").read_text(errors="replace").splitlines()[-25:]
+            raise RunError(f"the simulation ended (flwr run exit code {rc}) without results; "
+                           f"last lines of {run_dir / 'flower.log'}:\n" + "\n".join(tail))
+        summary = json.loads(summary_path.read_text())
+        if summary.get("rounds_completed", 0) == 0:
+            raise RunError(f"no round completed; see {run_dir / 'audit.jsonl'}")
+        return run_dir, summary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

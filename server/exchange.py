@@ -1,0 +1,69 @@
+"""One message exchange with a set of labs, with a deadline.
+
+Flower's ``Grid.send_and_receive`` polls every 3 s in deployment (and its default
+timeout is an hour); fedlab pushes with ``Grid.push_messages`` and polls
+``Grid.pull_messages`` itself at a short interval, so an exchange ends as soon as
+the last reply is in, and a lab that does not answer by the deadline counts as
+dropped. Nothing waits forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class ExchangeResult:
+    replies: dict[int, Message] = field(default_factory=dict)  # node id -> reply
+    errors: dict[int, str] = field(default_factory=dict)  # node id -> error reported by the node
+    missing: set[int] = field(default_factory=set)  # no reply before the deadline
+    seconds: float = 0.0
+
+
+def exchange(grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float,
+             *, ttl: float | None = None) -> ExchangeResult:
+    """Send ``requests`` ({node id: (message type, content)}) and collect replies until all are
+    in or ``timeout`` seconds have passed."""
+    t0 = time.monotonic()
+    out = ExchangeResult()
+    if not requests:
+        return out
+    msgs = []
+    for node_id, (mtype, content) in requests.items():
+        msgs.append(Message(content, dst_node_id=node_id, message_type=mtype,
+                            ttl=ttl if ttl is not None else max(timeout * 2, 60.0)))
+    pending: dict[str, int] = {}
+    for msg_id, msg in zip(grid.push_messages(msgs), msgs, strict=True):
+        pending[msg_id] = msg.metadata.dst_node_id
+    deadline = t0 + timeout
+    interval = POLL_SECONDS
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            node_id = pending.pop(reply.metadata.reply_to_message_id, None)
+            if node_id is None:
+                continue
+            if reply.has_error():
+                err = reply.error
+                out.errors[node_id] = f"code {err.code}: {err.reason}"
+            else:
+                out.replies[node_id] = reply
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+        # Back off gently on long exchanges (training), never above 0.2 s.
+        interval = min(interval * 1.25, 0.2)
+    out.missing = set(pending.values())
+    out.seconds = time.monotonic() - t0
+    if out.missing:
+        log.warning("no reply from %d node(s) within %.0f s", len(out.missing), timeout)
+    return out

@@ -1,0 +1,239 @@
+"""The federation's round loop at the server.
+
+One run: find the labs (a signed hello from each node), then for every round send
+the global model to the participants and get back, in the same reply, their update
+and their evaluation of the model they received (so a plain round is one exchange);
+aggregate (plainly, or securely: see ``server.secure``), validate, apply the server
+rule, checkpoint, and log. After the last round one evaluation exchange measures the
+final model at every lab. Everything goes to the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedlab import codec
+from fedlab.config import FederationConfig
+from fedlab.errors import FedlabError, ProtocolError, RoundAborted, RunError, SignatureError
+from fedlab.job import Job
+from fedlab.runs import RunFolder
+from fedlab.secure import signing
+from fedlab.updates import digest_update, roster_from_hex
+from server.exchange import exchange
+from server.validate import check_vector
+
+log = logging.getLogger(__name__)
+
+HELLO = "query.hello"
+ROUND = "train.round"
+FINAL = "evaluate.final"
+
+
+@dataclass
+class RoundOutcome:
+    avg_update: np.ndarray | None
+    participants: list[str]
+    contributors: list[str]
+    dropped: list[str]
+    rejected: dict[str, str]
+    lab_metrics: dict[str, dict[str, Any]]  # lab -> train/eval metrics from its reply
+    bytes_sent: dict[str, int]
+    secure: bool
+    reason: str = ""
+    exchanges: int = 1
+
+
+@dataclass
+class Labs:
+    """Which Flower node is which lab (learned from their signed hellos)."""
+
+    node_of: dict[str, int] = field(default_factory=dict)
+    num_train: dict[str, int] = field(default_factory=dict)
+
+    def lab_of(self, node_id: int) -> str | None:
+        for lab, nid in self.node_of.items():
+            if nid == node_id:
+                return lab
+        return None
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of the arrays and config values a lab sent (what travels on the wire)."""
+    total = 0
+    for rec in content.array_records.values():
+        for arr in rec.values():
+            total += len(arr.data)
+    for rec in content.config_records.values():
+        for value in rec.values():
+            if isinstance(value, bytes):
+                total += len(value)
+    return total
+
+
+class FederationServer:
+    """Runs one federation job on a Flower Grid."""
+
+    def __init__(self, grid: Grid, job: Job) -> None:
+        self.grid = grid
+        self.job = job
+        self.cfg: FederationConfig = job.config()
+        self.run_id = Path(job.run_dir).name
+        self.folder = RunFolder(job.run_dir)
+        self.roster = roster_from_hex(job.roster)
+        self.labs = Labs()
+        self.guard = signing.ReplayGuard()
+        self.timeout = self.cfg.stage_timeout
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _verify(self, lab: str, round_: int, stage: str, payload: bytes, sig: bytes) -> None:
+        signing.verify(self.roster, sig, self.run_id, round_, stage, lab, payload)
+        self.guard.accept(lab, stage, round_)
+
+    def _reject(self, lab: str, round_: int, stage: str, reason: str) -> None:
+        log.warning("round %d: %s from lab %s rejected: %s", round_, stage, lab, reason)
+        self.folder.audit.record("rejected", round=round_, stage=stage, lab=lab, reason=reason)
+
+    # -- discovery -------------------------------------------------------------------------
+    def discover(self, wait: float) -> None:
+        """Ask every connected node which lab it is; wait until min_labs have answered."""
+        deadline = time.monotonic() + wait
+        asked: set[int] = set()
+        while True:
+            nodes = [n for n in self.grid.get_node_ids() if n not in asked]
+            if nodes:
+                reqs = {n: (HELLO, RecordDict({"cfg": ConfigRecord({"run": self.run_id})}))
+                        for n in nodes}
+                res = exchange(self.grid, reqs, timeout=min(self.timeout, 60.0))
+                asked.update(nodes)
+                for node_id, reply in res.replies.items():
+                    self._hello(node_id, reply)
+                for node_id, err in res.errors.items():
+                    self.folder.audit.record("refused", node=str(node_id), reason=err)
+                    log.warning("node %s could not join: %s", node_id, err)
+            joined = len(self.labs.node_of)
+            if joined == len(self.job.labs) or (joined >= self.cfg.min_labs
+                                                and time.monotonic() >= deadline):
+                return
+            if time.monotonic() >= deadline:
+                raise RunError(f"only {joined} of the {self.cfg.min_labs} labs needed joined "
+                               f"within {wait:.0f} s (joined: {sorted(self.labs.node_of)}); "
+                               "check that the labs are running")
+            time.sleep(0.2)
+
+    def _hello(self, node_id: int, reply: Message) -> None:
+        try:
+            meta = reply.content["meta"]
+            lab = str(meta["lab"])
+            n = int(meta["num-train"])
+            sig = bytes(meta["sig"])
+            self._verify(lab, 0, "hello", str(n).encode(), sig)
+        except (KeyError, TypeError, ValueError, FedlabError) as exc:
+            self.folder.audit.record("refused", node=str(node_id), reason=str(exc))
+            log.warning("node %s refused: %s", node_id, exc)
+            return
+        if lab in self.labs.node_of:
+            self.folder.audit.record("refused", node=str(node_id), lab=lab,
+                                     reason="a second node claims this lab")
+            return
+        self.labs.node_of[lab] = node_id
+        self.labs.num_train[lab] = n
+        self.folder.audit.record("joined", lab=lab, node=str(node_id), num_train=n)
+        log.info("lab %s joined (%d training rows)", lab, n)
+
+    # -- plain round -----------------------------------------------------------------------
+    def plain_round(self, round_: int, global_vec: np.ndarray) -> RoundOutcome:
+        self.guard.advance(round_)
+        participants = sorted(self.labs.node_of)
+        if len(participants) < self.cfg.min_labs:
+            raise RoundAborted(f"round {round_}: only {len(participants)} labs available, "
+                               f"min_labs is {self.cfg.min_labs}")
+        model_rec = codec.to_record(global_vec)
+        reqs = {}
+        for lab in participants:
+            content = RecordDict({"model": model_rec,
+                                  "cfg": ConfigRecord({"round": round_, "run": self.run_id,
+                                                       "secure": False})})
+            reqs[self.labs.node_of[lab]] = (ROUND, content)
+        res = exchange(self.grid, reqs, timeout=self.timeout)
+        total = np.zeros(global_vec.size, dtype=np.float64)
+        weight = 0
+        out = RoundOutcome(None, participants, [], [], {}, {}, {}, secure=False)
+        for lab in participants:
+            node = self.labs.node_of[lab]
+            reply = res.replies.get(node)
+            if reply is None:
+                out.dropped.append(lab)
+                if node in res.errors:
+                    self.folder.audit.record("lab_error", round=round_, lab=lab,
+                                             reason=res.errors[node])
+                continue
+            try:
+                meta = reply.content["meta"]
+                metrics = dict(reply.content["metrics"])
+                vec = codec.from_record(reply.content["update"], length=global_vec.size,
+                                        dtype=np.float32)
+                n = int(metrics["num-examples"])
+                self._verify(lab, round_, "round", digest_update(vec, metrics),
+                             bytes(meta["sig"]))
+            except (KeyError, TypeError, ValueError, ProtocolError, SignatureError) as exc:
+                out.rejected[lab] = str(exc)
+                self._reject(lab, round_, "round", str(exc))
+                continue
+            reason = check_vector(vec, length=global_vec.size)
+            if reason is None and n <= 0:
+                reason = f"num-examples is {n}"
+            out.lab_metrics[lab] = metrics
+            out.bytes_sent[lab] = payload_bytes(reply.content)
+            if reason is not None:
+                out.rejected[lab] = reason
+                self._reject(lab, round_, "round", reason)
+                continue
+            total += n * vec.astype(np.float64)
+            weight += n
+            out.contributors.append(lab)
+        if len(out.contributors) < self.cfg.min_labs:
+            out.reason = (f"only {len(out.contributors)} acceptable updates, "
+                          f"min_labs is {self.cfg.min_labs}")
+            return out
+        out.avg_update = total / weight
+        return out
+
+    # -- final evaluation ------------------------------------------------------------------
+    def final_evaluation(self, global_vec: np.ndarray) -> dict[str, dict[str, Any]]:
+        model_rec = codec.to_record(global_vec)
+        reqs = {node: (FINAL, RecordDict({"model": model_rec,
+                                          "cfg": ConfigRecord({"run": self.run_id})}))
+                for node in self.labs.node_of.values()}
+        res = exchange(self.grid, reqs, timeout=self.timeout)
+        out: dict[str, dict[str, Any]] = {}
+        for node, reply in res.replies.items():
+            lab = self.labs.lab_of(node)
+            if lab is not None and "metrics" in reply.content:
+                out[lab] = dict(reply.content["metrics"])
+        return out
+
+
+def pooled(rows: Iterable[dict[str, Any]], prefix: str = "test") -> dict[str, float]:
+    """Example-weighted mean of labs' metrics = the metric on the pooled rows."""
+    n = 0.0
+    loss = 0.0
+    acc = 0.0
+    for m in rows:
+        k = float(m.get(f"{prefix}-examples", 0))
+        if k <= 0:
+            continue
+        n += k
+        loss += k * float(m[f"{prefix}-loss"])
+        acc += k * float(m[f"{prefix}-accuracy"])
+    if n == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "examples": 0}
+    return {"accuracy": acc / n, "loss": loss / n, "examples": int(n)}

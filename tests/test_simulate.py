@@ -1,0 +1,93 @@
+"""Real simulations on Flower's simulation runtime (Ray): short, on the bundled data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedlab.launch import descendants
+from fedlab.runs import verify_audit
+
+pytestmark = pytest.mark.slow
+
+FEDLAB = [sys.executable, "-m", "fedlab.cli"]
+
+
+def _flower_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    mine = {str(os.getpid())}
+    return [line for line in out.splitlines()[1:]
+            if any(k in line for k in ("flower-superlink", "flower-superexec", "flwr-simulation",
+                                       "raylet", "gcs_server", "ray::"))
+            and line.split()[0] not in mine]
+
+
+def test_short_simulation_end_to_end(tmp_path):
+    before = set(_flower_processes())
+    t0 = time.time()
+    proc = subprocess.run([*FEDLAB, "simulate", "--rounds", "3", "--out", str(tmp_path),
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
+    assert run_dir.parent == tmp_path and run_dir.is_dir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert set(summary["federated"]["labs"]) == {"cleveland", "hungary", "switzerland", "va"}
+    assert summary["federated"]["pooled_test"]["examples"] == 254
+    assert 0.5 < summary["federated"]["pooled_test"]["accuracy"] <= 1.0
+    assert summary["baselines"]["pooled_training"]["pooled_test"]["examples"] == 254
+    for name in ("federation.toml", "metrics.jsonl", "audit.jsonl", "report.md", "accuracy.png",
+                 "loss.png", "model.keras", "model.sha256"):
+        assert (run_dir / name).exists(), name
+    assert verify_audit(run_dir / "audit.jsonl") > 5
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    assert {r["lab"] for r in train} == {"cleveland", "hungary", "switzerland", "va"}
+    assert all(r["bytes_sent"] > 0 for r in train)
+    assert "Test accuracy" in proc.stdout and "pooled" in proc.stdout
+    # nothing left behind: no SuperLink, SuperExec, simulation or Ray process
+    time.sleep(1)
+    left = set(_flower_processes()) - before
+    assert not left, left
+    assert time.time() - t0 < 300
+
+
+def test_simulation_on_an_existing_ray_cluster(tmp_path):
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    assert ray, "ray CLI missing from the venv"
+    port = 26379 + os.getpid() % 1000
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    start = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr
+    try:
+        proc = subprocess.run([*FEDLAB, "simulate", "--rounds", "2", "--plain", "--out",
+                               str(tmp_path), "--no-progress", "--ray-address",
+                               f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=600,
+                              env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["rounds_completed"] == 2
+        log = (run_dir / "flower.log").read_text()
+        assert "Connecting to existing Ray cluster" in log or f"127.0.0.1:{port}" in log
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def test_bad_config_fails_fast_with_one_line(tmp_path):
+    bad = tmp_path / "f.toml"
+    bad.write_text("[federation]\nrounds = -1\n[data]\ndataset = 'heart-disease'\n")
+    proc = subprocess.run([*FEDLAB, "simulate", str(bad)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "federation.rounds" in proc.stderr and "Traceback" not in proc.stderr
+    assert descendants(os.getpid()) == []
