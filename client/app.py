@@ -1,9 +1,16 @@
 """fedlab's Flower ClientApp: thin glue from Flower messages to the lab's worker.
 
-In simulation each Ray actor keeps one warm :class:`~client.lab.LabWorker` per
-virtual lab (data, compiled model, identity key), built on the lab's first message
-and reused for every later one. Secure-aggregation state travels in the node's
-``Context.state``, so it does not matter which actor serves the next message.
+Every message becomes one call ``handle(kind, cfg, vector, state)`` on the lab's
+:class:`~client.lab.LabWorker`:
+
+- in simulation each Ray actor keeps one warm worker per virtual lab (data, compiled
+  model, identity key), built on the lab's first message and reused afterwards;
+- in deployment the worker is a long-lived process owned by ``fedlab client`` and the
+  ClientApp forwards the call over a local socket (``client.worker``), so the process
+  Flower starts per message imports no TensorFlow and never sees data or keys.
+
+Secure-aggregation state travels in the node's ``Context.state`` in simulation, so it
+does not matter which actor serves the next message; the deployment worker keeps it.
 """
 
 from __future__ import annotations
@@ -12,48 +19,67 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.lab import LabWorker, Reply
+from client.lab import Reply
 from fedlab import codec
 from fedlab.errors import ConfigError
-from fedlab.job import load_job
-from fedlab.updates import roster_from_hex
 
 log = logging.getLogger(__name__)
 
 app = ClientApp()
 
-_WORKERS: dict[tuple[str, int], LabWorker] = {}
+_WORKERS: dict[tuple[str, int], object] = {}
+STATE_KEY = "fedlab-secagg"
 
 
-def _load_identity(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigError(f"{path} is not an Ed25519 identity key")
-    return key
-
-
-def worker_for(context: Context) -> LabWorker:
-    """The warm worker of the lab this node simulates (built on first use)."""
+def _local_worker(context: Context) -> object:
+    """The warm in-process worker of the lab this simulated node plays (built on first use)."""
     job_path = str(context.run_config["job"])
     index = int(context.node_config["partition-id"])
     key = (job_path, index)
     worker = _WORKERS.get(key)
     if worker is None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from client.lab import LabWorker
+        from fedlab.job import load_job
         from fedlab.task import load_simulation_lab
+        from fedlab.updates import roster_from_hex
 
         job = load_job(job_path)
         cfg = job.config()
         lab = job.labs[index]
-        data = load_simulation_lab(cfg, index)
-        identity = _load_identity(Path(job.keys_dir) / f"{lab}.key")
-        worker = LabWorker(cfg, lab, data, identity, roster_from_hex(job.roster))
+        key_path = Path(job.keys_dir) / f"{lab}.key"
+        identity = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(identity, Ed25519PrivateKey):
+            raise ConfigError(f"{key_path} is not an Ed25519 identity key")
+        worker = LabWorker(cfg, lab, load_simulation_lab(cfg, index), identity,
+                           roster_from_hex(job.roster))
         _WORKERS[key] = worker
     return worker
+
+
+def _handle(kind: str, msg: Message, context: Context) -> Message:
+    cfg = dict(msg.content["cfg"]) if "cfg" in msg.content else {}
+    vector = None
+    if "model" in msg.content:
+        rec = msg.content["model"]
+        vector = rec["v"].numpy() if "v" in rec else None
+    state = None
+    if STATE_KEY in context.state:
+        state = bytes(context.state[STATE_KEY]["s"])
+    if "worker" in context.node_config:  # deployment: hand the work to the warm worker
+        from client.worker import call_worker
+
+        reply: Reply = call_worker(str(context.node_config["worker"]), kind, cfg, vector, state)
+    else:
+        reply = _local_worker(context).handle(kind, cfg, vector, state)  # type: ignore[attr-defined]
+    if reply.state is not None:
+        context.state[STATE_KEY] = ConfigRecord({"s": reply.state})
+    return to_message(msg, reply)
 
 
 def to_message(msg: Message, reply: Reply) -> Message:
@@ -61,28 +87,35 @@ def to_message(msg: Message, reply: Reply) -> Message:
     if reply.metrics:
         content["metrics"] = MetricRecord(reply.metrics)
     if reply.vector is not None:
-        content["update"] = codec.to_record(reply.vector)
+        content["update"] = codec.to_record(np.ascontiguousarray(reply.vector))
     return Message(content, reply_to=msg)
 
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    worker = worker_for(context)
-    return to_message(msg, worker.hello(str(msg.content["cfg"]["run"])))
+    return _handle("hello", msg, context)
 
 
 @app.train("round")
 def train_round(msg: Message, context: Context) -> Message:
-    worker = worker_for(context)
-    cfg = msg.content["cfg"]
-    global_vec = codec.from_record(msg.content["model"], length=worker.size,
-                                   dtype=np.float32)
-    return to_message(msg, worker.plain_round(str(cfg["run"]), int(cfg["round"]), global_vec))
+    return _handle("round", msg, context)
+
+
+@app.train("setup")
+def setup(msg: Message, context: Context) -> Message:
+    return _handle("setup", msg, context)
+
+
+@app.train("share")
+def share(msg: Message, context: Context) -> Message:
+    return _handle("share", msg, context)
+
+
+@app.train("unmask")
+def unmask(msg: Message, context: Context) -> Message:
+    return _handle("unmask", msg, context)
 
 
 @app.evaluate("final")
 def final(msg: Message, context: Context) -> Message:
-    worker = worker_for(context)
-    global_vec = codec.from_record(msg.content["model"], length=worker.size,
-                                   dtype=np.float32)
-    return to_message(msg, worker.final(global_vec))
+    return _handle("final", msg, context)

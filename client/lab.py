@@ -100,3 +100,30 @@ class LabWorker:
 
     def final(self, global_vec: np.ndarray) -> Reply:
         return Reply(meta={"lab": self.lab}, metrics=self.evaluate(global_vec))
+
+    # -- one entry point for every message (in-process or through the warm worker) ---------
+    def handle(self, kind: str, cfg: Mapping[str, Any], vector: np.ndarray | None,
+               state: bytes | None) -> Reply:
+        """Answer one server request. ``kind`` is the message's action; ``cfg`` its small
+        values; ``vector`` the model it carries; ``state`` the lab's secure-aggregation state
+        from the previous message (None at first)."""
+        run_id = str(cfg.get("run", ""))
+        if kind == "hello":
+            return self.hello(run_id)
+        if kind == "final":
+            return self.final(self._model(vector))
+        if kind == "round" and not cfg.get("secure", False):
+            return self.plain_round(run_id, int(cfg["round"]), self._model(vector))
+        if kind in ("setup", "share", "round", "unmask"):
+            from client.secure import handle_secure
+
+            return handle_secure(self, kind, cfg, vector, state)
+        raise ProtocolError(f"lab {self.lab}: unknown request {kind!r} from the server")
+
+    def _model(self, vector: np.ndarray | None) -> np.ndarray:
+        if vector is None:
+            raise ProtocolError(f"lab {self.lab}: the server's request carries no model")
+        if vector.dtype != np.float32 or vector.ndim != 1 or vector.size != self.size:
+            raise ProtocolError(f"lab {self.lab}: the server sent a model of {vector.size} "
+                                f"{vector.dtype} values, this lab's model has {self.size}")
+        return vector
