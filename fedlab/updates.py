@@ -35,3 +35,15 @@ def roster_from_hex(roster: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
         except ValueError as exc:
             raise ConfigError(f"roster entry of lab {lab!r} is not an Ed25519 public key") from exc
     return out
+
+
+def metrics_payload(metrics: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a lab's metrics, as signed beside a masked update."""
+    return json.dumps({k: metrics[k] for k in sorted(metrics)}, sort_keys=True).encode()
+
+
+def secagg_params(run_id: str, labs: tuple[str, ...], min_labs: int) -> Any:
+    """The secure-aggregation parameters both sides derive from the run and the roster."""
+    from fedlab.secure.protocol import SecAggParams
+
+    return SecAggParams.default_for(run_id, tuple(sorted(labs)), max(2, min_labs))
