@@ -56,8 +56,13 @@ def _local_worker(context: Context) -> object:
         identity = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         if not isinstance(identity, Ed25519PrivateKey):
             raise ConfigError(f"{key_path} is not an Ed25519 identity key")
-        worker = LabWorker(cfg, lab, load_simulation_lab(cfg, index), identity,
-                           roster_from_hex(job.roster))
+        roster = roster_from_hex(job.roster)
+        if job.synthetic_params:
+            from client.lab import SyntheticLabWorker
+
+            worker = SyntheticLabWorker(cfg, lab, job.synthetic_params, identity, roster)
+        else:
+            worker = LabWorker(cfg, lab, load_simulation_lab(cfg, index), identity, roster)
         _WORKERS[key] = worker
     return worker
 

@@ -59,10 +59,11 @@ class LabWorker:
                                     cfg.training, cfg.strategy, seed=cfg.seed)
         self.shapes = self.trainer.shapes
         self.size = codec.num_params(self.shapes)
+        self.num_train = int(len(data.y_train))
 
     # -- stages ----------------------------------------------------------------------------
     def hello(self, run_id: str) -> Reply:
-        n = int(len(self.data.y_train))
+        n = self.num_train
         sig = signing.sign(self.identity, run_id, 0, "hello", self.lab, str(n).encode())
         return Reply(meta={"lab": self.lab, "num-train": n, "sig": sig})
 
@@ -127,3 +128,31 @@ class LabWorker:
             raise ProtocolError(f"lab {self.lab}: the server sent a model of {vector.size} "
                                 f"{vector.dtype} values, this lab's model has {self.size}")
         return vector
+
+
+class SyntheticLabWorker(LabWorker):
+    """A lab that sends a fixed random update of ``size`` values and trains nothing.
+
+    Used only by benchmarks, to measure what fedlab adds around training (messages,
+    masking, unmasking) at model sizes no small data set needs, as Flower's own
+    benchmarks do with "synthetic" clients. The values come from a public seed.
+    """
+
+    def __init__(self, cfg: FederationConfig, lab: str, size: int, identity: Ed25519PrivateKey,
+                 roster: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.lab = lab
+        self.identity = identity
+        self.roster = dict(roster)
+        self.size = size
+        self.shapes = ((size,),)
+        self.num_train = 100
+        rng = np.random.default_rng(zlib.crc32(lab.encode()))
+        self._update = (rng.standard_normal(size, dtype=np.float32) * 0.01).astype(np.float32)
+
+    def evaluate(self, global_vec: np.ndarray) -> dict[str, float | int]:
+        return {}
+
+    def train(self, round_: int, global_vec: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        self._model(global_vec)
+        return self._update, {"num-examples": self.num_train, "train-loss": 0.0, "seconds": 0.0}

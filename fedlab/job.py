@@ -30,6 +30,7 @@ class Job:
     keys_dir: str = ""  # simulation only: <keys_dir>/<lab>.key
     resume: bool = False
     overrides: dict[str, object] = field(default_factory=dict)  # e.g. {"rounds": 5}
+    synthetic_params: int = 0  # benchmarks only: labs send random updates of this size
 
     def config(self) -> FederationConfig:
         cfg = parse_config(self.config_toml, where=self.config_where, base_dir=self.base_dir)

@@ -103,8 +103,13 @@ class _Progress:
 
 def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int | None = None,
              plain: bool = False, ray_address: str = "", progress: bool = True,
-             timeout: float | None = None) -> tuple[Path, dict[str, Any]]:
-    """Run a simulated federation; returns (run folder, summary)."""
+             timeout: float | None = None, synthetic_params: int = 0,
+             synthetic_labs: int = 0) -> tuple[Path, dict[str, Any]]:
+    """Run a simulated federation; returns (run folder, summary).
+
+    ``synthetic_params``/``synthetic_labs`` (benchmarks only): that many virtual labs send
+    seeded random updates of that many values and train nothing, to measure what fedlab
+    adds around training at large model sizes."""
     from fedlab.launch import APP_DIR, private_tempdir, run_flwr, simulation_superlink
 
     cfg = load_config(config_path) if config_path else default_config()
@@ -114,7 +119,10 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
     if plain:
         overrides["secure"] = False
     cfg = apply_overrides(cfg, overrides)
-    labs = check_simulation_data(cfg)
+    if synthetic_params:
+        labs = [f"lab-{i}" for i in range(synthetic_labs or len(cfg.labs))]
+    else:
+        labs = check_simulation_data(cfg)
     if len(labs) < cfg.min_labs:
         raise RunError(f"the simulation has {len(labs)} labs but min_labs is {cfg.min_labs}")
     run_dir = new_run_dir(out, cfg.name).resolve()
@@ -124,7 +132,8 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
         job = Job(mode="simulation", config_toml=cfg.to_toml(),
                   config_where=str(config_path or "built-in federation"), base_dir=cfg.base_dir,
                   run_dir=str(run_dir), labs=tuple(labs), roster=roster,
-                  keys_dir=str(work / "keys"), overrides=overrides)
+                  keys_dir=str(work / "keys"), overrides=overrides,
+                  synthetic_params=synthetic_params)
         job_path = work / "job.json"
         job.save(job_path)
         sim = cfg.simulation

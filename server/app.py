@@ -31,6 +31,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _initial_weights(job: Job) -> tuple[list[np.ndarray], Any]:
+    if job.synthetic_params:  # benchmarks: a flat "model" of that many zeros, no Keras
+        return [np.zeros(job.synthetic_params, dtype=np.float32)], None
     from fedlab.models import build_model
     from fedlab.task import task_shape
 
@@ -114,8 +116,9 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
     folder.metric(kind="eval", round=cfg.rounds, lab="pooled", **fed_pooled)
 
     final_weights = codec.unflatten(global_vec, shapes)
-    model.set_weights(final_weights)
-    model.save(folder.path / "model.keras")
+    if model is not None:
+        model.set_weights(final_weights)
+        model.save(folder.path / "model.keras")
     sha = codec.weights_hash(final_weights)
     (folder.path / "model.sha256").write_text(sha + "\n")
 
@@ -142,7 +145,7 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
             else (round_seconds[0] if round_seconds else float("nan")),
         },
     }
-    if job.mode == "simulation" and cfg.simulation.baselines:
+    if job.mode == "simulation" and cfg.simulation.baselines and not job.synthetic_params:
         from fedlab.baselines import run_baselines
 
         summary["baselines"] = run_baselines(cfg, list(job.labs))

@@ -1,0 +1,431 @@
+"""The lab's warm training worker, and the ClientApp's way to reach it.
+
+In deployment Flower starts a fresh ``flwr-clientapp`` process for every message.
+Loading TensorFlow, the lab's data and the compiled model in each of them would
+cost seconds per message, and would put the lab's data and keys into processes
+Flower starts. So ``fedlab client`` starts one long-lived worker process
+(:func:`serve`): it loads TensorFlow, the validated data, the compiled model (a
+:class:`~client.lab.LabWorker`), the lab's identity key and the roster once, and
+answers ``handle`` calls over a Unix socket. The ClientApp calls
+:func:`call_worker`, which imports nothing heavy.
+
+Who can reach the worker: the socket lives in a folder of mode 0700 and is itself
+mode 0600, so only the lab's own user can open it; the worker also checks the
+peer's user id (``SO_PEERCRED``) on every connection.
+
+Secure-aggregation state (mask keys, shares, revealed neighbours) stays in the
+worker: it passes the state of the current run to ``handle`` and keeps
+``reply.state``; the ClientApp never receives it, so keys never enter a process
+Flower starts.
+
+Wire format (no pickle; both directions)::
+
+    b"FLW1" | u32 header length | u64 body length | header (UTF-8 JSON) | body
+
+The header is JSON. Binary values are not inlined: a ``bytes`` value is written
+as ``{"$bytes": [offset, length]}`` and a numpy array as ``{"$array": [dtype,
+shape, offset, length]}``, both pointing into the body. Only plain numeric
+dtypes are accepted, sizes are bounded, and every offset is checked, so a
+malformed frame is an error, never code execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.lab import Reply
+from fedlab.errors import (
+    ConfigError,
+    DataError,
+    FedlabError,
+    KitError,
+    ProtocolError,
+    RoundAborted,
+    RunError,
+    SignatureError,
+)
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"FLW1"
+_PREFIX = struct.Struct("!4sIQ")
+MAX_HEADER = 64 << 20  # 64 MiB of JSON
+MAX_BODY = 8 << 30  # 8 GiB of arrays and bytes
+_DTYPES = frozenset({"<f4", "<f8", "<f2", "<i1", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2",
+                     "<u4", "<u8", "|b1"})
+CALL_TIMEOUT = 3600.0  # seconds a ClientApp waits for the worker's answer
+READ_TIMEOUT = 120.0  # seconds the worker waits for a request's bytes once connected
+PING = "ping"
+_ERRORS: dict[str, type[FedlabError]] = {
+    cls.__name__: cls for cls in (FedlabError, ConfigError, DataError, ProtocolError,
+                                  SignatureError, RoundAborted, KitError, RunError)
+}
+
+
+class WorkerUnavailable(RunError):
+    """The ClientApp could not reach the lab's worker (not running, or it died)."""
+
+
+# ------------------------------------------------------------------------------ encoding
+
+
+class _Body:
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def add(self, data: bytes | memoryview) -> tuple[int, int]:
+        off = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        return off, len(data)
+
+
+def _enc(value: Any, body: _Body) -> Any:
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": list(body.add(bytes(value)))}
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        arr = arr.astype(dt, copy=False)
+        if arr.dtype.str not in _DTYPES:
+            raise ProtocolError(f"cannot send an array of dtype {arr.dtype} to the worker")
+        off, n = body.add(memoryview(arr).cast("B"))
+        return {"$array": [arr.dtype.str, list(arr.shape), off, n]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_enc(v, body) for v in value]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or k.startswith("$"):
+                raise ProtocolError(f"cannot send key {k!r} to the worker")
+            out[k] = _enc(v, body)
+        return out
+    raise ProtocolError(f"cannot send a {type(value).__name__} to the worker")
+
+
+def _dec(value: Any, body: memoryview) -> Any:
+    if isinstance(value, list):
+        return [_dec(v, body) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$bytes" in value:
+        off, n = _span(value["$bytes"], body)
+        return bytes(body[off:off + n])
+    if "$array" in value:
+        try:
+            dtype, shape, off, n = value["$array"]
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError("malformed array in a worker message") from exc
+        if dtype not in _DTYPES or not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ProtocolError(f"array of dtype {dtype!r} / shape {shape!r} refused")
+        off, n = _span([off, n], body)
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if count * dt.itemsize != n:
+            raise ProtocolError("array size does not match its shape in a worker message")
+        return np.frombuffer(body[off:off + n], dtype=dt).reshape(shape).copy()
+    return {k: _dec(v, body) for k, v in value.items()}
+
+
+def _span(pair: Any, body: memoryview) -> tuple[int, int]:
+    if (not isinstance(pair, list) or len(pair) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in pair)):
+        raise ProtocolError("malformed reference in a worker message")
+    off, n = pair
+    if off < 0 or n < 0 or off + n > len(body):
+        raise ProtocolError("a reference points outside a worker message")
+    return off, n
+
+
+def encode_frame(header: Mapping[str, Any]) -> list[bytes | memoryview]:
+    """The frame for ``header`` (binary values go to the body)."""
+    body = _Body()
+    head = json.dumps(_enc(header, body), separators=(",", ":"), allow_nan=True).encode()
+    if len(head) > MAX_HEADER or body.size > MAX_BODY:
+        raise ProtocolError("message too large for the worker channel")
+    return [_PREFIX.pack(MAGIC, len(head), body.size), head, *body.parts]
+
+
+def send_frame(sock: socket.socket, header: Mapping[str, Any]) -> None:
+    for part in encode_frame(header):
+        sock.sendall(part)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+        if k == 0:
+            raise ConnectionError("the other side closed the connection")
+        got += k
+    return buf
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any]:
+    magic, hlen, blen = _PREFIX.unpack(bytes(_recv_exact(sock, _PREFIX.size)))
+    if magic != MAGIC:
+        raise ProtocolError("not a fedlab worker message (bad magic)")
+    if hlen > MAX_HEADER or blen > MAX_BODY:
+        raise ProtocolError("worker message too large")
+    head = _recv_exact(sock, hlen)
+    body = memoryview(_recv_exact(sock, blen)) if blen else memoryview(b"")
+    try:
+        raw = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"worker message header is not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ProtocolError("worker message header is not an object")
+    out = _dec(raw, body)
+    assert isinstance(out, dict)
+    return out
+
+
+# ------------------------------------------------------------------------------ client side
+
+
+def call_worker(socket_path: str, kind: str, cfg: Mapping[str, Any], vector: np.ndarray | None,
+                state: bytes | None = None, *, timeout: float = CALL_TIMEOUT) -> Reply:
+    """Ask the lab's warm worker to answer one server request (used by the ClientApp).
+
+    ``state`` is ignored: in deployment the worker keeps the secure-aggregation state
+    itself, and the reply never carries it (``reply.state`` is always None)."""
+    if state is not None:
+        log.debug("state passed to call_worker ignored: the worker keeps its own")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            send_frame(sock, {"op": "handle", "kind": kind, "cfg": dict(cfg),
+                              "vector": vector})
+            res = recv_frame(sock)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise WorkerUnavailable(
+            f"the lab's training worker is not running (no socket at {socket_path}); "
+            "restart `fedlab client`") from exc
+    except (OSError, ConnectionError) as exc:
+        raise WorkerUnavailable(f"lost the lab's training worker at {socket_path} ({exc}); "
+                                "see the `fedlab client` output") from exc
+    return _reply_from(res)
+
+
+def _reply_from(res: Mapping[str, Any]) -> Reply:
+    if not res.get("ok"):
+        err = res.get("error") or {}
+        cls = _ERRORS.get(str(err.get("type")), RunError)
+        raise cls(str(err.get("message", "the lab's worker failed without a message")))
+    vec = res.get("vector")
+    if vec is not None and not isinstance(vec, np.ndarray):
+        raise ProtocolError("the worker's reply vector is not an array")
+    meta = res.get("meta") or {}
+    metrics = res.get("metrics") or {}
+    if not isinstance(meta, dict) or not isinstance(metrics, dict):
+        raise ProtocolError("malformed reply from the lab's worker")
+    return Reply(meta=meta, metrics=metrics, vector=vec, state=None)
+
+
+def ping(socket_path: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The worker's identity ({"lab", "pid", "num-train"}) if it answers, else raises OSError."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(socket_path)
+        send_frame(sock, {"op": PING})
+        res = recv_frame(sock)
+    if not res.get("ok"):
+        raise ConnectionError(str(res.get("error")))
+    return dict(res.get("meta") or {})
+
+
+# ------------------------------------------------------------------------------ server side
+
+
+class WorkerServer:
+    """Answers ``handle`` calls for one lab over a Unix socket, one at a time."""
+
+    def __init__(self, lab_worker: Any, socket_path: Path) -> None:
+        self.lab = lab_worker
+        self.socket_path = Path(socket_path)
+        self.states: dict[str, bytes | None] = {}  # run id -> secure-aggregation state
+        self.finished_runs = 0
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        folder = self.socket_path.parent
+        st = folder.stat()
+        if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise KitError(f"{folder} must be a folder of this user with mode 0700 (it holds "
+                           "the worker's socket); choose another --socket-dir")
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(str(self.socket_path))
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+        sock.listen(8)
+        sock.settimeout(1.0)
+        self.sock = sock
+
+    def serve_forever(self, parent_pid: int | None = None) -> None:
+        assert self.sock is not None
+        while True:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("fedlab client is gone; the worker stops")
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                self._serve_one(conn)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        try:
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", creds)
+            if uid != os.getuid():
+                log.warning("refused a connection from user id %d", uid)
+                return
+            conn.settimeout(READ_TIMEOUT)
+            req = recv_frame(conn)
+        except (OSError, ConnectionError, ProtocolError, struct.error) as exc:
+            log.warning("bad request on the worker socket: %s", exc)
+            return
+        conn.settimeout(None)
+        try:
+            res = self.answer(req)
+        except FedlabError as exc:
+            log.warning("request %s refused: %s", req.get("kind"), exc)
+            res = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+        except Exception as exc:  # a bug must not take the lab down: report it to the server
+            log.exception("request %s failed", req.get("kind"))
+            res = {"ok": False, "error": {"type": "RunError",
+                                          "message": f"lab worker error: {type(exc).__name__}: "
+                                                     f"{exc}"}}
+        try:
+            send_frame(conn, res)
+        except OSError as exc:
+            log.warning("could not answer the ClientApp: %s", exc)
+
+    def answer(self, req: Mapping[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == PING:
+            return {"ok": True, "meta": {"lab": self.lab.lab, "pid": os.getpid(),
+                                         "num-train": int(len(self.lab.data.y_train))}}
+        if op != "handle":
+            raise ProtocolError(f"unknown worker operation {op!r}")
+        kind = str(req.get("kind"))
+        cfg = req.get("cfg") or {}
+        if not isinstance(cfg, dict):
+            raise ProtocolError("request cfg must be an object")
+        vector = req.get("vector")
+        if vector is not None and not isinstance(vector, np.ndarray):
+            raise ProtocolError("request vector must be an array")
+        run = str(cfg.get("run", ""))
+        t0 = time.perf_counter()
+        reply: Reply = self.lab.handle(kind, cfg, vector, self.states.get(run))
+        if reply.state is not None:
+            self.states[run] = reply.state
+            while len(self.states) > 4:  # keep the state of the last few runs only
+                self.states.pop(next(iter(self.states)))
+        secs = time.perf_counter() - t0
+        if kind == "round":
+            log.info("run %s round %s: answered in %.2f s", run, cfg.get("round"), secs)
+        elif kind == "final":
+            self.finished_runs += 1
+            self.states.pop(run, None)
+            log.info("run %s: final evaluation sent; the run is over for this lab", run)
+        elif kind == "hello":
+            log.info("run %s: joined", run)
+        return {"ok": True, "meta": reply.meta, "metrics": reply.metrics,
+                "vector": reply.vector}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def build_lab_worker(kit_dir: Path, data_path: Path) -> Any:
+    """Load the kit, the federation, the data and the model: the warm LabWorker."""
+    from client.lab import LabWorker
+    from fedlab.config import load_config
+    from fedlab.pki import load_lab_kit
+    from fedlab.task import load_lab
+
+    kit = load_lab_kit(kit_dir)
+    cfg = load_config(kit.config_path)
+    data = load_lab(cfg, kit.name, data_path)
+    return LabWorker(cfg, kit.name, data, kit.identity_key, kit.roster.identity_keys())
+
+
+def serve(kit_dir: Path, data_path: Path, socket_path: Path, parent_pid: int | None) -> None:
+    """Worker process body: load everything, then answer until the parent goes away."""
+    t0 = time.perf_counter()
+    worker = build_lab_worker(kit_dir, data_path)
+    server = WorkerServer(worker, socket_path)
+    server.bind()
+    log.info("worker of lab %s ready in %.1f s (%d training rows), socket %s", worker.lab,
+             time.perf_counter() - t0, len(worker.data.y_train), socket_path)
+    server.serve_forever(parent_pid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m client.worker",
+                                description="fedlab's warm training worker (started by "
+                                            "`fedlab client`; not meant to be run by hand)")
+    p.add_argument("--kit", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--parent-pid", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker: %(message)s",
+                        datefmt="%H:%M:%S")
+    for name in ("tensorflow", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _die_with_parent()
+    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        serve(Path(args.kit), Path(args.data), Path(args.socket), args.parent_pid)
+    except FedlabError as exc:
+        print(f"fedlab: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        with contextlib.suppress(OSError):
+            Path(args.socket).unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
