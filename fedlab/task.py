@@ -13,14 +13,18 @@ validation) rows are decided here, the same way everywhere:
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import logging
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedlab.config import FederationConfig
-from fedlab.data import LabData
+from fedlab.data import LabData, LoadReport, split_validation
 from fedlab.data import heart_disease as hd
 from fedlab.data.csv import load_csv
 from fedlab.data.schema import Schema
@@ -49,32 +53,28 @@ def task_shape(cfg: FederationConfig) -> TaskShape:
     return TaskShape(schema.num_features, schema.num_classes)
 
 
-def split_rows(y: np.ndarray, fraction: float, seed: int, salt: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded, stratified split of row indices into (rest, held-out)."""
-    rng = np.random.default_rng([seed, *salt.encode()])
-    held: list[np.ndarray] = []
-    rest: list[np.ndarray] = []
-    for cls in np.unique(y):
-        idx = np.flatnonzero(y == cls)
-        rng.shuffle(idx)
-        k = int(round(fraction * len(idx)))
-        if len(idx) > 1:
-            k = min(max(k, 0), len(idx) - 1)
-        held.append(idx[:k])
-        rest.append(idx[k:])
-    return np.sort(np.concatenate(rest)), np.sort(np.concatenate(held))
+def _lab_seed(seed: int, purpose: str, lab: str) -> list[int]:
+    """A public, per-lab, per-purpose seed (reproducible splits that differ between labs)."""
+    return [seed, zlib.crc32(f"{purpose}:{lab}".encode())]
 
 
-def _lab_from_arrays(name: str, x: np.ndarray, y: np.ndarray, cfg: FederationConfig,
-                     report: object | None) -> LabData:
-    train, test = split_rows(y, cfg.data.test_fraction, cfg.seed, f"test:{name}")
+def _lab_from_arrays(name: str, x: np.ndarray, y: np.ndarray, lines: np.ndarray,
+                     cfg: FederationConfig, report: LoadReport | None) -> LabData:
+    """Split one lab's rows into train / validation / test (seeded, stratified); validation
+    rows come out of the training rows only."""
+    train, test = split_validation(y, cfg.data.test_fraction,
+                                   np.random.default_rng(_lab_seed(cfg.seed, "test", name))
+                                   .integers(2**31))
     val = np.zeros(0, dtype=np.int64)
     if cfg.data.validation_fraction > 0:
-        keep, val_local = split_rows(y[train], cfg.data.validation_fraction, cfg.seed, f"val:{name}")
+        keep, val_local = split_validation(
+            y[train], cfg.data.validation_fraction,
+            np.random.default_rng(_lab_seed(cfg.seed, "val", name)).integers(2**31))
         val = train[val_local]
         train = train[keep]
     return LabData(name=name, x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val],
-                   x_test=x[test], y_test=y[test], report=report)  # type: ignore[arg-type]
+                   x_test=x[test], y_test=y[test], report=report, lines_train=lines[train],
+                   lines_val=lines[val], lines_test=lines[test])
 
 
 def load_lab(cfg: FederationConfig, lab: str, data_path: str | Path | None = None) -> LabData:
@@ -93,16 +93,44 @@ def load_lab(cfg: FederationConfig, lab: str, data_path: str | Path | None = Non
                                   + ", ".join(f"builtin:{h}" for h in hd.HOSPITALS))
             data = hd.load_hospital(hospital, val_fraction=cfg.data.validation_fraction,
                                     seed=cfg.seed)
-            return LabData(name=lab, x_train=data.x_train, y_train=data.y_train,
-                           x_val=data.x_val, y_val=data.y_val, x_test=data.x_test,
-                           y_test=data.y_test, report=data.report)
-        table = load_csv(cfg.resolve(spec), hd.schema())
-        return _lab_from_arrays(lab, table.x, table.y, cfg, table.report)
+            return dataclasses.replace(data, name=lab)
+        # A lab's own copy of a hospital file: same schema, and where it is the bundled
+        # file itself, the published split by line number.
+        return _heart_lab_file(cfg, lab, cfg.resolve(spec))
     if not spec:
         raise ConfigError(f"lab {lab!r} has no data file: set data = \"...\" in its [[labs]] "
                           "entry or pass --data")
     table = load_csv(cfg.resolve(spec), schema_for(cfg))
-    return _lab_from_arrays(lab, table.x, table.y, cfg, table.report)
+    return _lab_from_arrays(lab, table.x, table.y, table.lines, cfg, table.report)
+
+
+def _heart_lab_file(cfg: FederationConfig, lab: str, path: Path) -> LabData:
+    """A heart-disease lab's file given by path (deployment: the lab's own copy).
+
+    If the file is byte-identical to one of the bundled hospital files, the published
+    FLamby split of that hospital is used, so results compare with the published table;
+    any other file gets the seeded, stratified split of ``data.test_fraction``."""
+    try:
+        content = path.read_bytes()
+    except OSError:
+        content = b""
+    for hospital in hd.HOSPITALS:
+        if content and content == hd.data_file(hospital).read_bytes():
+            table = load_csv(path, hd.schema())
+            train_lines, test_lines = hd.published_split(hospital)
+            pos = {int(line): i for i, line in enumerate(table.lines)}
+            train = np.array([pos[x] for x in train_lines if x in pos], dtype=np.int64)
+            test = np.array([pos[x] for x in test_lines if x in pos], dtype=np.int64)
+            val = np.zeros(0, dtype=np.int64)
+            if cfg.data.validation_fraction > 0:
+                keep, v = split_validation(table.y[train], cfg.data.validation_fraction, cfg.seed)
+                train, val = train[keep], train[v]
+            x, y, lines = table.x, table.y, table.lines
+            return LabData(name=lab, x_train=x[train], y_train=y[train], x_val=x[val],
+                           y_val=y[val], x_test=x[test], y_test=y[test], report=table.report,
+                           lines_train=lines[train], lines_val=lines[val], lines_test=lines[test])
+    table = load_csv(path, hd.schema())
+    return _lab_from_arrays(lab, table.x, table.y, table.lines, cfg, table.report)
 
 
 def simulation_labs(cfg: FederationConfig) -> list[str]:
@@ -115,21 +143,51 @@ def simulation_labs(cfg: FederationConfig) -> list[str]:
     return list(cfg.lab_names())
 
 
-def _pooled_table(cfg: FederationConfig) -> tuple[np.ndarray, np.ndarray, object]:
+def _pooled_table(cfg: FederationConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  LoadReport | None]:
     if cfg.data.file:
         table = load_csv(cfg.resolve(cfg.data.file), schema_for(cfg))
-        return table.x, table.y, table.report
+        return table.x, table.y, table.lines, table.report
     if cfg.data.dataset == "heart-disease":
         parts = [load_lab(cfg, lab) for lab in cfg.lab_names()]
         x = np.concatenate([np.concatenate([p.x_train, p.x_val, p.x_test]) for p in parts])
         y = np.concatenate([np.concatenate([p.y_train, p.y_val, p.y_test]) for p in parts])
-        return x, y, None
+        return x, y, np.zeros(len(y), dtype=np.int64), None
     raise ConfigError("simulation.partition needs data.file (one pooled CSV) to spread over labs")
 
 
+def _column_values(path: Path, column: str, schema: Schema, lines: np.ndarray) -> np.ndarray:
+    """The raw text of ``column`` on the given 1-based lines of a CSV file."""
+    names = list(schema.column_names)
+    if column not in names:
+        raise ConfigError(f"simulation.column = {column!r} is not a column of the data schema "
+                          f"(columns: {', '.join(names)})")
+    idx = names.index(column)
+    wanted = set(int(x) for x in lines)
+    values: dict[int, str] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if lineno in wanted:
+                values[lineno] = row[idx].strip()
+    return np.array([values[int(x)] for x in lines])
+
+
 def _natural_by_column(cfg: FederationConfig) -> list[tuple[str, np.ndarray]]:
-    raise ConfigError("simulation.column (one lab per value of a column) is not available for "
-                      "this schema: list the labs' files under [[labs]] instead")
+    """One virtual lab per distinct value of ``simulation.column`` in ``data.file``."""
+    from fedlab.data import partition
+
+    if not cfg.data.file:
+        raise ConfigError("simulation.column needs data.file: the pooled CSV whose column "
+                          "says which lab each row belongs to")
+    path = cfg.resolve(cfg.data.file)
+    table = load_csv(path, schema_for(cfg))
+    values = _column_values(path, cfg.simulation.column, schema_for(cfg), table.lines)
+    out = []
+    for rows in partition.natural(values):
+        raw = str(values[rows[0]])
+        name = re.sub(r"[^a-z0-9_-]+", "-", raw.lower()).strip("-")[:60] or "lab"
+        out.append((name, rows))
+    return out
 
 
 def load_simulation_lab(cfg: FederationConfig, index: int) -> LabData:
@@ -142,7 +200,12 @@ def load_simulation_lab(cfg: FederationConfig, index: int) -> LabData:
     sim = cfg.simulation
     if sim.partition == "natural" and not sim.column:
         return load_lab(cfg, names[index])
-    x, y, report = _pooled_table(cfg)
+    if sim.partition == "natural":
+        table = load_csv(cfg.resolve(cfg.data.file), schema_for(cfg))
+        name, rows = _natural_by_column(cfg)[index]
+        return _lab_from_arrays(name, table.x[rows], table.y[rows], table.lines[rows], cfg,
+                                table.report)
+    x, y, lines, report = _pooled_table(cfg)
     if sim.partition == "iid":
         parts = partition.iid(len(y), sim.num_labs, cfg.seed)
     else:
@@ -151,4 +214,4 @@ def load_simulation_lab(cfg: FederationConfig, index: int) -> LabData:
     if len(rows) < 2:
         raise DataError(f"virtual lab {names[index]} got {len(rows)} rows from the partition; "
                         "use fewer labs or a larger alpha")
-    return _lab_from_arrays(names[index], x[rows], y[rows], cfg, report)
+    return _lab_from_arrays(names[index], x[rows], y[rows], lines[rows], cfg, report)
