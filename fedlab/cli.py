@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedlab import __version__
-from fedlab.errors import FedlabError
+from fedlab.errors import ConfigError, FedlabError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -19,9 +19,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from fedlab.report import print_table
     from fedlab.simulate import simulate
 
+    if args.resume and (args.config or args.rounds or args.plain):
+        raise ConfigError("--resume goes on with the run's own config: give no federation.toml, "
+                          "--rounds or --plain with it")
     run_dir, summary = simulate(args.config, args.out, rounds=args.rounds, plain=args.plain,
                                 ray_address=args.ray_address or "",
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, resume=args.resume)
     print_table(summary)
     print(run_dir)
     return 0
@@ -33,6 +36,14 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     from fedlab.task import schema_for
 
     cfg_path = args.config
+    if cfg_path is not None and (Path(cfg_path) / "lab.toml").is_file():  # a lab kit folder
+        from fedlab.deploy import check_lab_data
+
+        kit, cfg, report = check_lab_data(cfg_path, args.data)
+        print(report.format())
+        print(f"OK: {args.data} matches the data schema of federation {cfg.name!r} "
+              f"(lab {kit.name})")
+        return 0
     if cfg_path is not None and Path(cfg_path).is_dir():
         cfg_path = str(Path(cfg_path) / "federation.toml")
     cfg = load_config(cfg_path) if cfg_path else default_config()
@@ -53,10 +64,83 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from fedlab.runs import verify_audit
+    from fedlab.runs import verify_run
 
-    n = verify_audit(Path(args.run) / "audit.jsonl")
-    print(f"OK: {n} audit entries, chain intact")
+    n = verify_run(args.run)
+    print(f"OK: {n} audit entries, chain intact, every recorded model hash matches its checkpoint")
+    return 0
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from fedlab import deploy, pki
+
+    out = Path(args.out)
+    if args.add_lab or args.revoke_lab:
+        if args.config:
+            raise ConfigError("--add-lab / --revoke-lab change an existing federation folder; "
+                              "give only --out DIR, not a federation.toml")
+        if args.add_lab:
+            res = pki.add_lab(out, args.add_lab)
+            print(f"added lab {args.add_lab}: roster version {res.roster_version}")
+            print(f"  lab kit:    {res.lab_kits[args.add_lab]}  (send it to the lab privately)")
+        else:
+            res = pki.revoke_lab(out, args.revoke_lab)
+            print(f"revoked lab {args.revoke_lab}: roster version {res.roster_version}")
+        print(f"  server kit: {res.server_kit}  (copy roster.json, roster.sig and nodes/ to the "
+              "aggregation host, then restart `fedlab server`)")
+        print("  every lab:  copy the new roster.json and roster.sig into its kit")
+        print(f"CA fingerprint: {res.ca_fingerprint}")
+        return 0
+    if not args.config:
+        raise ConfigError("give the federation.toml to provision (or --add-lab / --revoke-lab "
+                          "with --out DIR)")
+    res = deploy.provision(args.config, out, force=args.force)
+    print(f"federation {res.federation!r} provisioned in {res.out_dir} "
+          f"(roster version {res.roster_version})")
+    print(f"  CA (keep it here, never share ca/ca.key): {res.out_dir / 'ca'}")
+    print(f"  server kit -> the aggregation host: {res.server_kit}")
+    for lab, path in res.lab_kits.items():
+        print(f"  lab kit -> {lab}: {path}")
+    print(f"CA fingerprint (labs compare it out of band): {res.ca_fingerprint}")
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from fedlab.deploy import run_server
+    from fedlab.report import print_table
+
+    run_dir, summary = run_server(args.kit, out=args.out, listen=args.listen,
+                                  rounds=args.rounds, timeout=args.timeout, status=_print)
+    print_table(summary)
+    print(run_dir)
+    return 0
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from fedlab.deploy import run_client
+
+    return run_client(args.kit, args.data, runs=args.runs, log_dir=args.log_dir, status=_print)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fedlab.report import print_table
+
+    if not args.deployment:
+        from fedlab.simulate import simulate
+
+        run_dir, summary = simulate(None, args.out or "runs", rounds=args.rounds,
+                                    plain=args.plain, progress=True)
+    else:
+        from fedlab.deploy import demo
+
+        run_dir, summary = demo(out=args.out, rounds=args.rounds, plain=args.plain,
+                                status=_print)
+    print_table(summary)
+    print(run_dir)
     return 0
 
 
@@ -80,16 +164,69 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain aggregation (updates still signed) instead of secure aggregation")
     s.add_argument("--ray-address", help="run on an existing Ray cluster (e.g. 10.0.0.5:6379)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--resume", metavar="RUN",
+                   help="go on with an interrupted run (its folder) after its last checkpoint")
     s.set_defaults(func=_cmd_simulate)
 
     c = sub.add_parser("check-data", help="check a data file against the federation's schema",
                        description="Read a lab's data file with the federation's schema and "
                                    "report what would be used, dropped or imputed. Nothing is "
                                    "sent anywhere.")
-    c.add_argument("config", nargs="?",
+    c.add_argument("config", nargs="?", metavar="CONFIG_OR_KIT",
                    help="federation.toml or a lab kit folder (default: built-in federation)")
     c.add_argument("--data", required=True, help="the data file to check")
     c.set_defaults(func=_cmd_check_data)
+
+    pv = sub.add_parser("provision", help="create the federation's CA, server kit and lab kits",
+                        description="From federation.toml: a federation CA, the server's TLS "
+                                    "certificate, and for each lab its identity and SuperNode "
+                                    "keys, all in kit folders under --out. Private keys are "
+                                    "written mode 600 and never printed.")
+    pv.add_argument("config", nargs="?", help="federation.toml (not with --add-lab/--revoke-lab)")
+    pv.add_argument("--out", required=True, help="the federation folder (ca/, server/, labs/)")
+    pv.add_argument("--force", action="store_true",
+                    help="replace a federation already in --out (re-keys everyone)")
+    grp = pv.add_mutually_exclusive_group()
+    grp.add_argument("--add-lab", metavar="NAME", help="issue a kit for a new lab in --out")
+    grp.add_argument("--revoke-lab", metavar="NAME", help="revoke a lab of --out")
+    pv.set_defaults(func=_cmd_provision)
+
+    sv = sub.add_parser("server", help="host the federation's server and run the rounds",
+                        description="Start the SuperLink (TLS, only the roster's labs admitted), "
+                                    "wait for the labs, run the federation's rounds, and write "
+                                    "the run folder. Ctrl-C stops everything.")
+    sv.add_argument("kit", help="the server kit folder from `fedlab provision`")
+    sv.add_argument("--out", help="parent folder of the run folder (default: KIT/runs)")
+    sv.add_argument("--listen", metavar="HOST:PORT",
+                    help="where to listen (default: the port of server.address on every "
+                         "interface, or on loopback for a loopback federation)")
+    sv.add_argument("--rounds", type=int, help="override federation.rounds")
+    sv.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help="give up if the run has not finished after this long")
+    sv.set_defaults(func=_cmd_server)
+
+    cl = sub.add_parser("client", help="run this lab's node next to its private data",
+                        description="Check the data against the federation's schema, start the "
+                                    "lab's training worker and its Flower SuperNode, and take "
+                                    "part in the server's runs until stopped (Ctrl-C). Data "
+                                    "and keys never leave this machine.")
+    cl.add_argument("kit", help="this lab's kit folder from the coordinator")
+    cl.add_argument("--data", required=True, help="this lab's data file")
+    cl.add_argument("--runs", type=int, default=0, metavar="N",
+                    help="stop after taking part in N runs (default: serve until stopped)")
+    cl.add_argument("--log-dir", help="keep the worker's and SuperNode's logs here")
+    cl.set_defaults(func=_cmd_client)
+
+    dm = sub.add_parser("demo", help="run the four-hospital demo on this machine",
+                        description="The built-in four-hospital federation: simulated, or with "
+                                    "--deployment as real processes (a server and four labs "
+                                    "over TLS on loopback, each lab with only its own file).")
+    dm.add_argument("--deployment", action="store_true",
+                    help="real server and lab processes instead of a simulation")
+    dm.add_argument("--rounds", type=int, help="override federation.rounds")
+    dm.add_argument("--plain", action="store_true", help="plain instead of secure aggregation")
+    dm.add_argument("--out", help="parent folder of the run folder (default: runs)")
+    dm.set_defaults(func=_cmd_demo)
 
     r = sub.add_parser("report", help="(re)write report.md and plots of a run and print results")
     r.add_argument("run", help="a run folder")

@@ -70,11 +70,27 @@ def to_record(vector: np.ndarray) -> ArrayRecord:
     return ArrayRecord({"v": Array(np.ascontiguousarray(vector))})
 
 
+# Bytes a serialised array may carry beyond its values (the .npy header).
+_HEADER_ALLOWANCE = 4096
+
+
 def from_record(record: ArrayRecord, *, length: int, dtype: type | np.dtype) -> np.ndarray:
-    """The flat vector of an ArrayRecord, with its length and dtype checked."""
+    """The flat vector of an ArrayRecord, with its length and dtype checked.
+
+    Shape, dtype and byte size are checked from the array's metadata *before* it is
+    decoded, so an oversized or mislabelled update is refused without being parsed."""
     if "v" not in record or len(record) != 1:
         raise ProtocolError(f"expected one array 'v', got keys {sorted(record.keys())}")
-    arr = record["v"].numpy()
+    meta = record["v"]
+    want = np.dtype(dtype)
+    if str(meta.dtype) != want.name:
+        raise ProtocolError(f"update has dtype {meta.dtype}, expected {want}")
+    if tuple(meta.shape) != (length,):
+        raise ProtocolError(f"update has shape {tuple(meta.shape)}, expected ({length},)")
+    if len(meta.data) > length * want.itemsize + _HEADER_ALLOWANCE:
+        raise ProtocolError(f"update is {len(meta.data)} bytes, more than {length} {want} values "
+                            "need; refused before decoding")
+    arr = meta.numpy()
     if arr.dtype != np.dtype(dtype):
         raise ProtocolError(f"update has dtype {arr.dtype}, expected {np.dtype(dtype)}")
     if arr.ndim != 1 or arr.size != length:

@@ -25,6 +25,7 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam")
 OPTIMIZERS = ("sgd", "adam")
 BUILTIN_MODELS = ("logistic", "mlp")
 PARTITIONS = ("natural", "iid", "dirichlet")
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 BUILTIN_DATASETS = ("heart-disease",)
 LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MODEL_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -102,6 +103,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class RobustnessConfig:
+    """What the server accepts and how it combines updates it can see (plain mode)."""
+
+    aggregator: str = "mean"  # mean | median | trimmed_mean | krum (the last three: plain only)
+    trim_fraction: float = 0.1  # trimmed_mean: fraction cut from each end per coordinate
+    byzantine: int = 1  # krum: number of labs that may be hostile
+    max_update_norm: float = 1e4  # L2 bound on an update (plain) or the aggregate (secure)
+    max_message_mb: float = 512.0  # a larger update is refused before it is decoded
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     """The whole, validated federation.toml."""
 
@@ -118,6 +130,7 @@ class FederationConfig:
     labs: tuple[LabConfig, ...] = ()
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     source: str = ""  # the TOML text this was parsed from ("" for the built-in default)
     base_dir: str = ""  # folder relative data paths are resolved against
 
@@ -300,7 +313,7 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         raise ConfigError(f"{where} is not valid TOML: {exc}. Fix the syntax and try again.") from exc
     errs = _Errors(where)
     sections = ("federation", "training", "strategy", "model", "data", "labs", "simulation",
-                "server")
+                "server", "robustness")
     for key in raw:
         if key not in sections:
             errs.add(key, f"unknown section; allowed: {', '.join(sections)}")
@@ -377,6 +390,19 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         "address": (str, "127.0.0.1:9092", _address),
         "hosts": (list, ["localhost", "127.0.0.1"], _hosts),
     })
+
+    rb = _take(errs, table("robustness"), "robustness.", {
+        "aggregator": (str, "mean", _one_of(AGGREGATORS)),
+        "trim_fraction": ((int, float), 0.1, lambda v: None if 0 <= v < 0.5 else
+                          f"must be in [0, 0.5), got {v}"),
+        "byzantine": (int, 1, lambda v: None if v >= 0 else "must be >= 0"),
+        "max_update_norm": ((int, float), 1e4, _positive),
+        "max_message_mb": ((int, float), 512.0, _positive),
+    })
+    if rb.get("aggregator", "mean") != "mean" and fed.get("secure", True):
+        errs.add("robustness.aggregator", f"{rb['aggregator']!r} needs each lab's update, which "
+                 "secure aggregation hides from the server; set federation.secure = false "
+                 "(plain mode, for trusted settings) or use aggregator = \"mean\"")
 
     labs: list[LabConfig] = []
     raw_labs = raw.get("labs", [])
@@ -460,6 +486,11 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
             ray_address=sim["ray_address"], baselines=sim["baselines"],
         ),
         server=ServerConfig(address=srv["address"], hosts=tuple(srv["hosts"])),
+        robustness=RobustnessConfig(
+            aggregator=rb["aggregator"], trim_fraction=float(rb["trim_fraction"]),
+            byzantine=rb["byzantine"], max_update_norm=float(rb["max_update_norm"]),
+            max_message_mb=float(rb["max_message_mb"]),
+        ),
         source=text,
         base_dir=base_dir,
     )

@@ -149,6 +149,15 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self._metrics.read_text().splitlines() if line]
 
+    def drop_metrics_after(self, round_: int) -> None:
+        """Remove metrics rows written by rounds after ``round_`` (a resumed run redoes them).
+        Evaluation rows of round r are written while round r + 1 runs, so they go too."""
+        rows = self.metrics()
+        keep = [r for r in rows
+                if (r.get("kind") == "eval" and int(r.get("round", 0)) < round_)
+                or (r.get("kind") != "eval" and int(r.get("round", 0)) <= round_)]
+        atomic_write(self._metrics, "".join(dumps(r) + "\n" for r in keep).encode())
+
     def write_json(self, name: str, obj: Mapping[str, Any]) -> None:
         atomic_write(self.path / name, (json.dumps(obj, indent=2, sort_keys=True,
                                                    default=_json_default) + "\n").encode())
@@ -166,3 +175,65 @@ class RunFolder:
         atomic_write(path, buf.getvalue())
         atomic_write(path.with_suffix(".sha256"), (weights_sha256 + "\n").encode())
         return path
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(round, path) of every checkpoint of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    out = []
+    for p in folder.glob("round-*.npz"):
+        try:
+            out.append((int(p.stem.split("-")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    return sorted(out)
+
+
+def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, np.ndarray], str]:
+    """Weights, server state and recorded weights hash of one checkpoint; RunError if its
+    hash file is missing or does not match the weights (a damaged or edited checkpoint)."""
+    from fedlab.codec import weights_hash
+
+    try:
+        with np.load(path) as z:
+            keys = sorted((k for k in z.files if k.startswith("w") and k[1:].isdigit()),
+                          key=lambda k: int(k[1:]))
+            weights = [np.asarray(z[k], dtype=np.float32) for k in keys]
+            state = {k.removeprefix("state_"): np.asarray(z[k]) for k in z.files
+                     if k.startswith("state_")}
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunError(f"{path}: checkpoint cannot be read ({exc})") from exc
+    sha_path = path.with_suffix(".sha256")
+    try:
+        recorded = sha_path.read_text().strip()
+    except OSError as exc:
+        raise RunError(f"{sha_path}: missing; the checkpoint cannot be trusted") from exc
+    actual = weights_hash(weights)
+    if actual != recorded:
+        raise RunError(f"{path}: weights hash {actual[:12]}... does not match {sha_path.name} "
+                       f"({recorded[:12]}...): the checkpoint was damaged or edited")
+    return weights, state, recorded
+
+
+def verify_run(run_dir: str | Path) -> int:
+    """Check a run folder: the audit chain, and every model hash the audit log records
+    against the checkpoint of that round. Returns the number of audit lines; raises
+    RunError naming the first line or file that does not match."""
+    path = Path(run_dir)
+    audit = path / "audit.jsonl"
+    n = verify_audit(audit)
+    checkpoints = dict(list_checkpoints(path))
+    for i, line in enumerate(audit.read_bytes().splitlines(), start=1):
+        entry = json.loads(line)
+        if entry.get("event") != "round_completed":
+            continue
+        rnd = int(entry["round"])
+        ckpt = checkpoints.get(rnd)
+        if ckpt is None:
+            raise RunError(f"{audit}: line {i} records round {rnd} but checkpoints/ has no "
+                           f"round-{rnd:04d}.npz")
+        _, _, recorded = load_checkpoint(ckpt)
+        if recorded != entry.get("model_sha256"):
+            raise RunError(f"{audit}: line {i} records model {str(entry.get('model_sha256'))[:12]}"
+                           f"... for round {rnd}, but the checkpoint holds {recorded[:12]}...")
+    return n

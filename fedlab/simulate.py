@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +105,29 @@ class _Progress:
 def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int | None = None,
              plain: bool = False, ray_address: str = "", progress: bool = True,
              timeout: float | None = None, synthetic_params: int = 0,
-             synthetic_labs: int = 0) -> tuple[Path, dict[str, Any]]:
+             synthetic_labs: int = 0, resume: str | Path | None = None,
+             app_dir: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """Run a simulated federation; returns (run folder, summary).
 
     ``synthetic_params``/``synthetic_labs`` (benchmarks only): that many virtual labs send
     seeded random updates of that many values and train nothing, to measure what fedlab
-    adds around training at large model sizes."""
+    adds around training at large model sizes.
+
+    ``resume``: a run folder whose run was interrupted; it goes on after its newest valid
+    checkpoint with the same config (``config_path`` and the overrides must then be unset).
+    ``app_dir``: another Flower App folder (tests use one whose lab misbehaves)."""
     from fedlab.launch import APP_DIR, private_tempdir, run_flwr, simulation_superlink
 
-    cfg = load_config(config_path) if config_path else default_config()
     overrides: dict[str, object] = {}
-    if rounds is not None:
-        overrides["rounds"] = rounds
-    if plain:
-        overrides["secure"] = False
+    if resume is not None:
+        run_dir, cfg, overrides, synthetic_params, synthetic_labs = _resume_settings(Path(resume))
+        config_path = str(run_dir / "federation.toml")
+    else:
+        cfg = load_config(config_path) if config_path else default_config()
+        if rounds is not None:
+            overrides["rounds"] = rounds
+        if plain:
+            overrides["secure"] = False
     cfg = apply_overrides(cfg, overrides)
     if synthetic_params:
         labs = [f"lab-{i}" for i in range(synthetic_labs or len(cfg.labs))]
@@ -125,26 +135,31 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
         labs = check_simulation_data(cfg)
     if len(labs) < cfg.min_labs:
         raise RunError(f"the simulation has {len(labs)} labs but min_labs is {cfg.min_labs}")
-    run_dir = new_run_dir(out, cfg.name).resolve()
+    if resume is None:
+        run_dir = new_run_dir(out, cfg.name).resolve()
+        (run_dir / "run.json").write_text(json.dumps({
+            "overrides": overrides, "synthetic_params": synthetic_params,
+            "synthetic_labs": synthetic_labs, "labs": labs, "base_dir": cfg.base_dir}, indent=2))
     work = private_tempdir("fedlab-sim-")
+    started = time.time() - 1
     try:
         roster = make_identities(work / "keys", labs)
         job = Job(mode="simulation", config_toml=cfg.to_toml(),
                   config_where=str(config_path or "built-in federation"), base_dir=cfg.base_dir,
                   run_dir=str(run_dir), labs=tuple(labs), roster=roster,
                   keys_dir=str(work / "keys"), overrides=overrides,
-                  synthetic_params=synthetic_params)
+                  synthetic_params=synthetic_params, resume=resume is not None)
         job_path = work / "job.json"
         job.save(job_path)
         sim = cfg.simulation
         fed_cfg = f"num-supernodes={len(labs)} client-resources-num-cpus={sim.cpus_per_lab:g}"
         with simulation_superlink(work, ray_address=ray_address or sim.ray_address) as (conn, env):
             with _Progress(run_dir, cfg.rounds, progress) as prog:
-                rc = run_flwr(APP_DIR, conn, env, job_path=job_path, federation_config=fed_cfg,
+                rc = run_flwr(app_dir or APP_DIR, conn, env, job_path=job_path, federation_config=fed_cfg,
                               log_path=run_dir / "flower.log", on_poll=prog.poll,
                               timeout=timeout)
         summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        if not summary_path.exists() or summary_path.stat().st_mtime < started:
             tail = (run_dir / "flower.log").read_text(errors="replace").splitlines()[-25:]
             raise RunError(f"the simulation ended (flwr run exit code {rc}) without results; "
                            f"last lines of {run_dir / 'flower.log'}:\n" + "\n".join(tail))
@@ -154,3 +169,27 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
         return run_dir, summary
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _resume_settings(run_dir: Path) -> tuple[Path, FederationConfig, dict[str, object], int, int]:
+    run_dir = run_dir.resolve()
+    cfg_path = run_dir / "federation.toml"
+    info_path = run_dir / "run.json"
+    if not cfg_path.exists() or not info_path.exists():
+        raise RunError(f"{run_dir}: not a simulation run folder (federation.toml and run.json "
+                       "are needed to resume); start a new run instead")
+    try:
+        info = json.loads(info_path.read_text())
+        overrides = dict(info.get("overrides", {}))
+        synthetic_params = int(info.get("synthetic_params", 0))
+        synthetic_labs = int(info.get("synthetic_labs", 0))
+        base_dir = str(info.get("base_dir", ""))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RunError(f"{info_path} is damaged ({exc}); start a new run instead") from exc
+    if (run_dir / "summary.json").exists():
+        raise RunError(f"{run_dir}: this run already finished (summary.json exists); "
+                       "nothing to resume")
+    from fedlab.config import parse_config
+
+    cfg = parse_config(cfg_path.read_text(), where=str(cfg_path), base_dir=base_dir)
+    return run_dir, cfg, overrides, synthetic_params, synthetic_labs

@@ -14,6 +14,7 @@ from fedlab import codec
 from fedlab.errors import FedlabError, RoundAborted, RunError
 from fedlab.job import Job, load_job
 from fedlab.report import write_report
+from fedlab.runs import RunFolder, list_checkpoints, load_checkpoint
 from server.federation import FederationServer, RoundOutcome, pooled
 from server.strategy import ServerOptimizer
 from server.validate import check_vector
@@ -25,9 +26,21 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _log_ours()
     job = load_job(str(context.run_config["job"]))
     run_federation(grid, job)
+
+
+def _log_ours() -> None:
+    """INFO logs of fedlab's own modules (not of every library) to the run's log."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in ("fedlab", "server", "client"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
 
 
 def _initial_weights(job: Job) -> tuple[list[np.ndarray], Any]:
@@ -40,6 +53,28 @@ def _initial_weights(job: Job) -> tuple[list[np.ndarray], Any]:
     shape = task_shape(cfg)
     model = build_model(cfg.model, shape.num_features, shape.num_classes, seed=cfg.seed)
     return [np.asarray(w, dtype=np.float32) for w in model.get_weights()], model
+
+
+def _resume(folder: RunFolder, shapes: codec.Shapes
+            ) -> tuple[int, list[np.ndarray], dict[str, np.ndarray], str] | None:
+    """The newest checkpoint whose hash verifies (older ones if the newest is damaged);
+    metrics of rounds after it (a round in progress when the server died) are dropped,
+    because that round is redone."""
+    for rnd, path in reversed(list_checkpoints(folder.path)):
+        try:
+            weights, state, sha = load_checkpoint(path)
+        except FedlabError as exc:
+            folder.audit.record("checkpoint_rejected", round=rnd, reason=str(exc))
+            log.warning("%s", exc)
+            continue
+        if codec.shapes_of(weights) != shapes:
+            folder.audit.record("checkpoint_rejected", round=rnd,
+                                reason="weights do not fit the federation's model")
+            continue
+        folder.drop_metrics_after(rnd)
+        return rnd, weights, state, sha
+    folder.drop_metrics_after(0)
+    return None
 
 
 def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
@@ -57,6 +92,20 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
     folder.audit.record("initial_model", sha256=codec.weights_hash(weights),
                         params=int(global_vec.size))
 
+    start_round, completed = 1, 0
+    if job.resume:
+        resumed = _resume(folder, shapes)
+        if resumed is not None:
+            last, weights, state, sha = resumed
+            global_vec = codec.flatten(weights)
+            optimizer.load_state(state)
+            start_round = last + 1
+            completed = len([r for r, _ in list_checkpoints(folder.path) if r <= last])
+            folder.audit.record("resumed", from_round=last, model_sha256=sha)
+            log.info("resuming after round %d (model %s...)", last, sha[:12])
+        else:
+            folder.audit.record("resumed", from_round=0, reason="no usable checkpoint")
+
     srv.discover(wait=120.0 if job.mode == "simulation" else 3600.0)
     secure = None
     if cfg.secure:
@@ -64,9 +113,8 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
 
         secure = SecureRounds(srv, global_vec.size)
 
-    completed = 0
     round_seconds: list[float] = []
-    for rnd in range(1, cfg.rounds + 1):
+    for rnd in range(start_round, cfg.rounds + 1):
         t0 = time.time()
         folder.audit.record("round_started", round=rnd)
         try:
@@ -79,7 +127,8 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
         ok = outcome.avg_update is not None
         if ok:
             assert outcome.avg_update is not None
-            reason = check_vector(outcome.avg_update.astype(np.float32), length=global_vec.size)
+            reason = check_vector(outcome.avg_update.astype(np.float32), length=global_vec.size,
+                                  max_norm=cfg.robustness.max_update_norm)
             if reason is not None:
                 ok = False
                 outcome.reason = f"aggregate rejected: {reason}"

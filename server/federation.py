@@ -28,6 +28,7 @@ from fedlab.job import Job
 from fedlab.runs import RunFolder
 from fedlab.secure import signing
 from fedlab.updates import digest_update, roster_from_hex
+from server import robust
 from server.exchange import exchange
 from server.validate import check_vector
 
@@ -164,9 +165,12 @@ class FederationServer:
                                                        "secure": False})})
             reqs[self.labs.node_of[lab]] = (ROUND, content)
         res = exchange(self.grid, reqs, timeout=self.timeout)
-        total = np.zeros(global_vec.size, dtype=np.float64)
-        weight = 0
+        rb = self.cfg.robustness
+        limit = int(rb.max_message_mb * 1024 * 1024)
+        updates: list[np.ndarray] = []
+        weights: list[int] = []
         out = RoundOutcome(None, participants, [], [], {}, {}, {}, secure=False)
+        accepted: list[str] = []
         for lab in participants:
             node = self.labs.node_of[lab]
             reply = res.replies.get(node)
@@ -176,7 +180,12 @@ class FederationServer:
                     self.folder.audit.record("lab_error", round=round_, lab=lab,
                                              reason=res.errors[node])
                 continue
+            size = payload_bytes(reply.content)
+            out.bytes_sent[lab] = size
             try:
+                if size > limit:
+                    raise ProtocolError(f"reply of {size} bytes exceeds robustness.max_message_mb "
+                                        f"({rb.max_message_mb:g} MB); refused before decoding")
                 meta = reply.content["meta"]
                 metrics = dict(reply.content["metrics"])
                 vec = codec.from_record(reply.content["update"], length=global_vec.size,
@@ -188,23 +197,27 @@ class FederationServer:
                 out.rejected[lab] = str(exc)
                 self._reject(lab, round_, "round", str(exc))
                 continue
-            reason = check_vector(vec, length=global_vec.size)
-            if reason is None and n <= 0:
-                reason = f"num-examples is {n}"
             out.lab_metrics[lab] = metrics
-            out.bytes_sent[lab] = payload_bytes(reply.content)
+            reason = check_vector(vec, length=global_vec.size, max_norm=rb.max_update_norm)
+            if reason is None and not 0 < n <= 10**9:
+                reason = f"num-examples is {n}"
             if reason is not None:
                 out.rejected[lab] = reason
                 self._reject(lab, round_, "round", reason)
                 continue
-            total += n * vec.astype(np.float64)
-            weight += n
-            out.contributors.append(lab)
-        if len(out.contributors) < self.cfg.min_labs:
-            out.reason = (f"only {len(out.contributors)} acceptable updates, "
+            updates.append(vec)
+            weights.append(n)
+            accepted.append(lab)
+        if len(accepted) < self.cfg.min_labs:
+            out.reason = (f"only {len(accepted)} acceptable updates, "
                           f"min_labs is {self.cfg.min_labs}")
             return out
-        out.avg_update = total / weight
+        try:
+            out.avg_update, used = robust.aggregate(updates, weights, rb)
+        except RoundAborted as exc:
+            out.reason = str(exc)
+            return out
+        out.contributors = [accepted[i] for i in used] if rb.aggregator == "krum" else accepted
         return out
 
     # -- final evaluation ------------------------------------------------------------------
