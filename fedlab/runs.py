@@ -81,34 +81,54 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=_json_default, allow_nan=True)
 
 
+def _entry_hash(entry: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(dumps(body).encode()).hexdigest()
+
+
 class AuditLog:
-    """Append-only, hash-chained event log: each line carries the SHA-256 of the previous line."""
+    """Append-only, hash-chained event log.
+
+    Each line carries ``prev`` (the ``hash`` of the line before it; zeros for the first)
+    and its own ``hash`` (SHA-256 of its canonical JSON without ``hash``), so an edited
+    line fails its own hash, and a deleted, inserted or reordered line breaks the chain
+    where it happened. ``audit.head`` (written atomically after every line) holds the
+    sequence number and hash of the last line, so cutting lines off the end shows too.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.head = path.with_name(path.stem + ".head")
         self.prev = GENESIS
         self.seq = 0
         if path.exists():
             lines = path.read_bytes().splitlines()
             if lines:
-                self.prev = hashlib.sha256(lines[-1]).hexdigest()
-                self.seq = len(lines)
+                try:
+                    last = json.loads(lines[-1])
+                    self.prev = str(last["hash"])
+                    self.seq = int(last["seq"]) + 1
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise RunError(f"{path}: the last line is damaged ({exc}); run "
+                                   "'fedlab audit verify' on this run folder") from exc
 
     def record(self, event: str, **fields: Any) -> None:
-        entry = {"seq": self.seq, "time": datetime.now(UTC).isoformat(), "event": event,
-                 "prev": self.prev, **fields}
+        entry: dict[str, Any] = {"seq": self.seq, "time": datetime.now(UTC).isoformat(),
+                                 "event": event, "prev": self.prev, **fields}
+        entry["hash"] = _entry_hash(entry)
         line = dumps(entry).encode()
         with open(self.path, "ab") as f:
             f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        self.prev = hashlib.sha256(line).hexdigest()
+        atomic_write(self.head, dumps({"seq": self.seq, "hash": entry["hash"]}).encode() + b"\n")
+        self.prev = entry["hash"]
         self.seq += 1
 
 
 def verify_audit(path: Path) -> int:
-    """Check the hash chain of an audit log; returns the number of lines, raises RunError naming
-    the first line that does not match."""
+    """Check an audit log; returns its number of lines, or raises RunError naming the first
+    line that does not match (edited, inserted, deleted, reordered) or the cut-off end."""
     if not path.exists():
         raise RunError(f"{path}: no audit log here; give a run folder written by fedlab")
     prev = GENESIS
@@ -117,12 +137,24 @@ def verify_audit(path: Path) -> int:
         try:
             entry = json.loads(line)
         except ValueError as exc:
-            raise RunError(f"{path}: line {i} is not valid JSON: the log was edited") from exc
-        if not isinstance(entry, dict) or entry.get("prev") != prev or entry.get("seq") != i - 1:
+            raise RunError(f"{path}: line {i} is not valid JSON: the log was edited here") from exc
+        if not isinstance(entry, dict) or entry.get("hash") != _entry_hash(entry):
+            raise RunError(f"{path}: line {i} does not match its own hash: it was edited")
+        if entry.get("prev") != prev or entry.get("seq") != i - 1:
             raise RunError(f"{path}: line {i} does not follow line {i - 1} (its 'prev' hash or "
-                           "sequence number does not match): the log was edited, reordered or "
-                           "cut here")
-        prev = hashlib.sha256(line).hexdigest()
+                           "sequence number does not match): a line was deleted, inserted or "
+                           "moved here")
+        prev = entry["hash"]
+    head_path = path.with_name(path.stem + ".head")
+    try:
+        head = json.loads(head_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{head_path}: missing or damaged, so a cut-off end cannot be ruled "
+                       "out") from exc
+    if head.get("seq") != len(lines) - 1 or head.get("hash") != prev:
+        raise RunError(f"{path}: the log ends at line {len(lines)} but {head_path.name} "
+                       f"records line {int(head.get('seq', -2)) + 1}: lines were cut off the "
+                       "end or the log was replaced")
     return len(lines)
 
 
