@@ -1,0 +1,1 @@
+"""Stock Flower SecAgg+ baseline (legacy API) for fedlab's secure-aggregation benchmark."""
