@@ -196,7 +196,7 @@ def run_flwr(app_dir: Path, connection: str, env: dict[str, str], *, job_path: P
            "--run-config", f"job={json.dumps(str(job_path))}"]
     if federation_config:
         cmd += ["--federation-config", federation_config]
-    with open(log_path, "wb") as logf:
+    with open(log_path, "ab") as logf:
         proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         t0 = time.monotonic()

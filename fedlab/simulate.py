@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -153,12 +154,28 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
         job.save(job_path)
         sim = cfg.simulation
         fed_cfg = f"num-supernodes={len(labs)} client-resources-num-cpus={sim.cpus_per_lab:g}"
-        with simulation_superlink(work, ray_address=ray_address or sim.ray_address) as (conn, env):
-            with _Progress(run_dir, cfg.rounds, progress) as prog:
-                rc = run_flwr(app_dir or APP_DIR, conn, env, job_path=job_path, federation_config=fed_cfg,
-                              log_path=run_dir / "flower.log", on_poll=prog.poll,
-                              timeout=timeout)
         summary_path = run_dir / "summary.json"
+        log_path = run_dir / "flower.log"
+        for attempt in range(1, RESTARTS + 2):
+            log_start = log_path.stat().st_size if log_path.exists() else 0
+            with simulation_superlink(work, ray_address=ray_address or sim.ray_address) as (
+                    conn, env):
+                with _Progress(run_dir, cfg.rounds, progress) as prog:
+                    rc = run_flwr(app_dir or APP_DIR, conn, env, job_path=job_path,
+                                  federation_config=fed_cfg, log_path=log_path,
+                                  on_poll=prog.poll, timeout=timeout)
+            if summary_path.exists() and summary_path.stat().st_mtime >= started:
+                break
+            crash = _worker_crash(log_path, log_start)
+            if crash is None or attempt > RESTARTS:
+                break
+            # A simulation worker process died (Flower never replaces a dead Ray actor, so
+            # the run cannot go on in that runtime): start the runtime again and resume
+            # from the last checkpoint; the round in progress is redone.
+            log.warning("a simulation worker died (%s); restarting the runtime and resuming "
+                        "from the last checkpoint (attempt %d)", crash, attempt + 1)
+            job = dataclasses.replace(job, resume=True)
+            job.save(job_path)
         if not summary_path.exists() or summary_path.stat().st_mtime < started:
             tail = (run_dir / "flower.log").read_text(errors="replace").splitlines()[-25:]
             raise RunError(f"the simulation ended (flwr run exit code {rc}) without results; "
@@ -169,6 +186,26 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
         return run_dir, summary
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+RESTARTS = 2
+_CRASH_SIGNS = ("Fatal Python error", "ActorDiedError", "RayActorError", "SIGABRT received",
+                "SIGSEGV received", "worker died unexpectedly")
+
+
+def _worker_crash(log_path: Path, start: int) -> str | None:
+    """The sign of a crashed simulation worker in the part of the log written since
+    ``start``, or None."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    for sign in _CRASH_SIGNS:
+        if sign in text:
+            return sign
+    return None
 
 
 def _resume_settings(run_dir: Path) -> tuple[Path, FederationConfig, dict[str, object], int, int]:

@@ -105,30 +105,42 @@ class FederationServer:
 
     # -- discovery -------------------------------------------------------------------------
     def discover(self, wait: float) -> None:
-        """Ask every connected node which lab it is; wait until min_labs have answered."""
+        """Ask every connected node which lab it is; wait until min_labs have answered.
+
+        A node whose hello fails (its process died, it raised) is asked again a few times;
+        if it keeps failing while too few labs have joined, the run stops early with the
+        nodes' own error messages instead of waiting out the whole deadline."""
         deadline = time.monotonic() + wait
-        asked: set[int] = set()
+        settled: set[int] = set()  # answered (joined or refused for what it sent)
+        failures: dict[int, list[str]] = {}
         while True:
-            nodes = [n for n in self.grid.get_node_ids() if n not in asked]
+            nodes = [n for n in self.grid.get_node_ids() if n not in settled]
             if nodes:
                 reqs = {n: (HELLO, RecordDict({"cfg": ConfigRecord({"run": self.run_id})}))
                         for n in nodes}
                 res = exchange(self.grid, reqs, timeout=min(self.timeout, 60.0))
-                asked.update(nodes)
                 for node_id, reply in res.replies.items():
+                    settled.add(node_id)
                     self._hello(node_id, reply)
                 for node_id, err in res.errors.items():
-                    self.folder.audit.record("refused", node=str(node_id), reason=err)
-                    log.warning("node %s could not join: %s", node_id, err)
+                    failures.setdefault(node_id, []).append(err)
+                    log.warning("node %s could not answer hello: %s", node_id, err)
+                    if len(failures[node_id]) >= 3:
+                        settled.add(node_id)
+                        self.folder.audit.record("refused", node=str(node_id), reason=err)
             joined = len(self.labs.node_of)
             if joined == len(self.job.labs) or (joined >= self.cfg.min_labs
                                                 and time.monotonic() >= deadline):
                 return
-            if time.monotonic() >= deadline:
+            pending = [n for n in self.grid.get_node_ids() if n not in settled]
+            if time.monotonic() >= deadline or (joined < self.cfg.min_labs and not pending
+                                                 and len(failures) > 0):
+                reasons = "; ".join(f"node {n}: {errs[-1]}" for n, errs in failures.items())
                 raise RunError(f"only {joined} of the {self.cfg.min_labs} labs needed joined "
-                               f"within {wait:.0f} s (joined: {sorted(self.labs.node_of)}); "
-                               "check that the labs are running")
-            time.sleep(0.2)
+                               f"within {wait:.0f} s (joined: {sorted(self.labs.node_of)})"
+                               + (f"; failures: {reasons}" if reasons else
+                                  "; check that the labs are running"))
+            time.sleep(0.5 if failures else 0.2)
 
     def _hello(self, node_id: int, reply: Message) -> None:
         try:
