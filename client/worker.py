@@ -436,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent()
     if args.parent_pid is not None and os.getppid() != args.parent_pid:
         return 1
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         serve(Path(args.kit), Path(args.data), Path(args.socket), args.parent_pid,
               Path(args.ready_file) if args.ready_file else None)

@@ -114,16 +114,24 @@ def _cmd_server(args: argparse.Namespace) -> int:
     from fedlab.report import print_table
 
     run_dir, summary = run_server(args.kit, out=args.out, listen=args.listen,
-                                  rounds=args.rounds, timeout=args.timeout, status=_print)
+                                  state_dir=args.state, rounds=args.rounds,
+                                  timeout=args.timeout, status=_print)
     print_table(summary)
     print(run_dir)
     return 0
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from fedlab.deploy import run_client
+    from fedlab.deploy import EXIT_REFUSED, NodeRefused, run_client
 
-    return run_client(args.kit, args.data, runs=args.runs, log_dir=args.log_dir, status=_print)
+    try:
+        return run_client(args.kit, args.data, runs=args.runs, log_dir=args.log_dir,
+                          status=_print)
+    except NodeRefused as exc:
+        if args.debug:
+            raise
+        print(f"fedlab: error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", metavar="HOST:PORT",
                     help="where to listen (default: the port of server.address on every "
                          "interface, or on loopback for a loopback federation)")
+    sv.add_argument("--state", metavar="DIR",
+                    help="the SuperLink's persistent state (default: KIT/state)")
     sv.add_argument("--rounds", type=int, help="override federation.rounds")
     sv.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="give up if the run has not finished after this long")
@@ -215,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--runs", type=int, default=0, metavar="N",
                     help="stop after taking part in N runs (default: serve until stopped)")
     cl.add_argument("--log-dir", help="keep the worker's and SuperNode's logs here")
+    cl.epilog = ("exit status: 0 done, 1 error, 3 refused by the server (key not registered or "
+                 "revoked, or the kit is of another federation): restarting will not help")
     cl.set_defaults(func=_cmd_client)
 
     dm = sub.add_parser("demo", help="run the four-hospital demo on this machine",

@@ -56,6 +56,13 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 # message then waits up to that long before its process even starts. 50 ms costs
 # nothing measurable on an idle node (Flower reads this variable; no patch).
 SUPEREXEC_POLL = "0.05"
+EXIT_REFUSED = 3  # `fedlab client`: the server refused this lab; restarting will not help
+
+
+class NodeRefused(KitError):
+    """The server (or its certificate) refused this lab's node: a restart will not help."""
+
+
 NOT_REGISTERED = ("this lab's node key is not registered at the server: it may have been "
                   "revoked, or the kit is from another federation. Ask the coordinator; if the "
                   "lab was added recently, the server must be restarted to admit it")
@@ -85,13 +92,21 @@ def spawn(cmd: Sequence[str], *, env: dict[str, str], log_path: Path,
 
 def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     """Stop ``proc`` and everything below it."""
+    stop_many([proc] if proc is not None else [], grace)
+
+
+def stop_many(procs: Sequence[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """Stop several process trees at once (SIGTERM to all, one grace period, SIGKILL)."""
     from fedlab.launch import descendants, stop_tree
 
-    if proc is None:
-        return
-    stop_tree([proc.pid, *descendants(proc.pid)], grace=grace)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=1)
+    pids: list[int] = []
+    for proc in procs:
+        pids += [proc.pid, *descendants(proc.pid)]
+    if pids:
+        stop_tree(pids, grace=grace)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)
 
 
 @contextlib.contextmanager
@@ -362,7 +377,7 @@ class _Watch:
         self.status = status
         self.joined: list[str] = []
         self.started = False
-        self.last_wait = 0.0
+        self.last_wait = time.monotonic()
         self.t0 = time.monotonic()
 
     def awaited(self) -> list[str]:
@@ -409,7 +424,7 @@ class _Watch:
 
 
 def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: str | None = None,
-               rounds: int | None = None, timeout: float | None = None,
+               state_dir: str | Path | None = None, rounds: int | None = None, timeout: float | None = None,
                status: Status = _log_status,
                on_poll: Callable[[], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Serve one federation run from a server kit; returns (run folder, summary).
@@ -438,8 +453,8 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
         raise ConfigError(f"the roster has {len(active)} active labs but min_labs is "
                           f"{cfg.min_labs}; no round could ever run")
     where = plan_listen(cfg.server.address, kit.server_hosts, listen)
-    state = kit_dir / "state"
-    state.mkdir(mode=0o700, exist_ok=True)
+    state = Path(state_dir).resolve() if state_dir else kit_dir / "state"
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
     home = state / "flwr-home"
     _write_flwr_config(home, where.connect, kit.ca_cert_path)
     env = flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL})
@@ -456,7 +471,7 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
                  "--disable-runtime-dependency-installation"],
                 env=env, log_path=run_dir / "superlink.log", cwd=state)
             c_host, c_port = _split_address(where.connect, "connect")
-            wait_for_port(c_host, c_port, 60, superlink, "the SuperLink")
+            wait_for_port(c_host, c_port, 300, superlink, "the SuperLink")
             status(f"server of federation {kit.federation} listening on {where.bind} (TLS); "
                    f"labs connect to {cfg.server.address}")
             nodes = sync_registrations(kit, state, env, status)
@@ -558,9 +573,9 @@ def _classify_node_exit(text: str, address: str) -> FedlabError | None:
     low = text.lower()
     if ("failed to activate supernode" in low or "[code: 2004]" in low or "[code: 2001]" in low
             or "must be registered" in low):
-        return KitError(NOT_REGISTERED)
+        return NodeRefused(NOT_REGISTERED)
     if "certificate" in low or "ssl/tls handshake" in low or "ssl:" in low:
-        return KitError(
+        return NodeRefused(
             f"the server at {address} presented a TLS certificate this kit's CA (ca.crt) does "
             "not trust: the kit is from another federation, or the address points at another "
             "server. Check the address and ask the coordinator for the right kit")
@@ -589,7 +604,7 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
     env = flower_env(work / "flwr-home", {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL})
     worker = None
     node = _Node()
-    ok = False
+    failed = False
     with _sigterm_interrupts():
         try:
             worker = spawn([sys.executable, "-m", "client.worker", "--kit", str(kit_dir),
@@ -627,7 +642,6 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                             finished += 1
                 if runs and finished >= runs:
                     status(f"{finished} run(s) finished; stopping")
-                    ok = True
                     return 0
                 if worker.poll() is not None:
                     raise RunError(f"the training worker stopped (exit code {worker.returncode})"
@@ -648,18 +662,20 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                     _sleep(wait)
                     continue
                 _sleep(0.25)
+        except FedlabError:
+            failed = not log_dir
+            if failed:
+                status(f"the worker's and SuperNode's logs are kept in {work}")
+            raise
         finally:
-            stop(node.proc, grace=3)
-            stop(worker, grace=3)
+            stop_many([p for p in (node.proc, worker) if p is not None], grace=3)
             stop_all_descendants(grace=3)
-            if ok or log_dir:
-                shutil.rmtree(work, ignore_errors=True)
-            else:
-                # keep the logs of a failed or interrupted node for a look; drop the socket
+            if failed:  # keep the logs for a look; drop the socket and Flower's files
                 with contextlib.suppress(OSError):
                     sock.unlink()
                 shutil.rmtree(work / "flwr-home", ignore_errors=True)
-                log.info("logs kept in %s", work)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def _sleep(seconds: float) -> None:
@@ -762,17 +778,23 @@ def demo(*, out: str | Path | None = None, rounds: int | None = None, plain: boo
             res = provision(cfg_path, tmp / "federation")
             status(f"provisioned federation {res.federation!r} in {res.out_dir} (server "
                    f"{address}, CA {res.ca_fingerprint[:23]}...)")
+            data: dict[str, Path] = {}
             for h in hd.HOSPITALS:
                 data_dir = tmp / "lab-data" / h
                 data_dir.mkdir(parents=True)
-                data = data_dir / hd.data_file(h).name
-                shutil.copyfile(hd.data_file(h), data)
-                labs[h] = spawn([sys.executable, "-m", "fedlab.cli", "client",
-                                 str(res.lab_kits[h]), "--data", str(data), "--runs", "1"],
-                                env=dict(os.environ), log_path=tmp / f"lab-{h}.log")
-                status(f"lab {h}: started (pid {labs[h].pid}) with only {data}")
+                data[h] = data_dir / hd.data_file(h).name
+                shutil.copyfile(hd.data_file(h), data[h])
 
-            def check_labs() -> None:
+            def start_and_check_labs() -> None:
+                # The labs start once the server listens (on a busy machine four TensorFlow
+                # start-ups next to the SuperLink's would only slow both down).
+                if not labs:
+                    for h in hd.HOSPITALS:
+                        labs[h] = spawn([sys.executable, "-m", "fedlab.cli", "client",
+                                         str(res.lab_kits[h]), "--data", str(data[h]),
+                                         "--runs", "1"],
+                                        env=dict(os.environ), log_path=tmp / f"lab-{h}.log")
+                        status(f"lab {h}: started (pid {labs[h].pid}) with only {data[h]}")
                 for h, proc in labs.items():
                     if proc.poll() not in (None, 0):
                         raise RunError(f"lab {h} stopped (exit code {proc.returncode}):\n"
@@ -780,15 +802,14 @@ def demo(*, out: str | Path | None = None, rounds: int | None = None, plain: boo
 
             run_dir, summary = run_server(res.server_kit, out=out or "runs", timeout=timeout,
                                           status=lambda m: status(f"server: {m}"),
-                                          on_poll=check_labs)
+                                          on_poll=start_and_check_labs)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and any(p.poll() is None for p in labs.values()):
                 time.sleep(0.2)
             ok = True
             return run_dir, summary
         finally:
-            for proc in labs.values():
-                stop(proc, grace=5)
+            stop_many(list(labs.values()), grace=8)
             stop_all_descendants(grace=3)
             if ok:
                 shutil.rmtree(tmp, ignore_errors=True)
