@@ -113,8 +113,15 @@ class FederationServer:
         deadline = time.monotonic() + wait
         settled: set[int] = set()  # answered (joined or refused for what it sent)
         failures: dict[int, list[str]] = {}
+        # Deployment: a registered lab whose node is not connected yet (or restarting)
+        # answers "Node Unavailable"; it is asked again every few seconds until the
+        # deadline, never given up on, since labs start whenever they start.
+        deployment = self.job.mode == "deployment"
+        retry_at: dict[int, float] = {}
         while True:
-            nodes = [n for n in self.grid.get_node_ids() if n not in settled]
+            now = time.monotonic()
+            nodes = [n for n in self.grid.get_node_ids()
+                     if n not in settled and retry_at.get(n, 0.0) <= now]
             if nodes:
                 reqs = {n: (HELLO, RecordDict({"cfg": ConfigRecord({"run": self.run_id})}))
                         for n in nodes}
@@ -125,7 +132,9 @@ class FederationServer:
                 for node_id, err in res.errors.items():
                     failures.setdefault(node_id, []).append(err)
                     log.warning("node %s could not answer hello: %s", node_id, err)
-                    if len(failures[node_id]) >= 3:
+                    if deployment:
+                        retry_at[node_id] = time.monotonic() + 5.0
+                    elif len(failures[node_id]) >= 3:
                         settled.add(node_id)
                         self.folder.audit.record("refused", node=str(node_id), reason=err)
             joined = len(self.labs.node_of)
@@ -133,8 +142,8 @@ class FederationServer:
                                                 and time.monotonic() >= deadline):
                 return
             pending = [n for n in self.grid.get_node_ids() if n not in settled]
-            if time.monotonic() >= deadline or (joined < self.cfg.min_labs and not pending
-                                                 and len(failures) > 0):
+            if time.monotonic() >= deadline or (not deployment and joined < self.cfg.min_labs
+                                                 and not pending and len(failures) > 0):
                 reasons = "; ".join(f"node {n}: {errs[-1]}" for n, errs in failures.items())
                 raise RunError(f"only {joined} of the {self.cfg.min_labs} labs needed joined "
                                f"within {wait:.0f} s (joined: {sorted(self.labs.node_of)})"
