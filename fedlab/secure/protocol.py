@@ -273,6 +273,11 @@ class SecAggParams:
         For ``n > 20``: ``k = 2 * ceil(log2 n) + 4`` (even; 16 for 50 labs, 24 for
         1000), ``O(log n)`` as in Bell et al. 2020, with room for ``k/2 - 1``
         dropouts in every neighbourhood. ``t = floor(k/2) + 1`` always.
+
+        ``max_labs`` is the roster size: no aggregate can include more labs than the
+        roster, so that is exact no-wrap headroom, and it buys ``log2(1000 / n)``
+        more fractional bits than the dataclass default (50 labs: ``f = 6`` instead
+        of 2). A new roster (a lab added) means new parameters anyway.
         """
         roster = tuple(labs)
         n = len(roster)
@@ -280,7 +285,14 @@ class SecAggParams:
             k = max(n - 1, 1)
         else:
             k = min(n - 1, 2 * math.ceil(math.log2(n)) + 4)
-        return cls(run_id=run_id, labs=roster, neighbours=k, threshold=k // 2 + 1, min_labs=min_labs)
+        return cls(
+            run_id=run_id,
+            labs=roster,
+            neighbours=k,
+            threshold=k // 2 + 1,
+            min_labs=min_labs,
+            max_labs=max(n, 2),
+        )
 
     @cached_property
     def encoder(self) -> FixedPointEncoder:

@@ -22,7 +22,10 @@ def test_default_parameters() -> None:
         assert (params.neighbours, params.threshold) == (k, k // 2 + 1)
         assert 2 * params.threshold > params.neighbours
     params = SecAggParams.default_for("run", lab_names(4), 3)
-    assert (params.clip, params.max_weight, params.max_labs, params.min_labs) == (8.0, 1 << 16, 1000, 3)
+    assert (params.clip, params.max_weight, params.max_labs, params.min_labs) == (8.0, 1 << 16, 4, 3)
+    # Headroom for exactly the roster: 50 labs get f = 6 instead of f = 2 for max_labs = 1000.
+    assert SecAggParams.default_for("run", lab_names(50), 2).encoder.frac_bits == 6
+    assert SecAggParams("run", lab_names(50), 16, 9, 2).encoder.frac_bits == 2
 
 
 @pytest.mark.parametrize(
