@@ -166,7 +166,9 @@ def simulation_superlink(workdir: Path, *, ray_address: str = "") -> Iterator[tu
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "fedlab-sim"\n\n[superlink.fedlab-sim]\n'
         f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    extra = {"RAY_ADDRESS": ray_address} if ray_address else {}
+    # Without an address, Ray's init would join any cluster already running on this machine
+    # (another user's simulation, a `ray start`); "local" always starts a private one.
+    extra = {"RAY_ADDRESS": ray_address or "local"}
     env = flower_env(home, extra)
     log_path = workdir / "superlink.log"
     with open(log_path, "wb") as logf:
@@ -190,8 +192,15 @@ def simulation_superlink(workdir: Path, *, ray_address: str = "") -> Iterator[tu
 
 def run_flwr(app_dir: Path, connection: str, env: dict[str, str], *, job_path: Path,
              federation_config: str, log_path: Path, on_poll: object = None,
-             timeout: float | None = None) -> int:
-    """``flwr run`` the app; returns its exit code. ``on_poll()`` is called while it runs."""
+             timeout: float | None = None, started: Path | None = None,
+             start_timeout: float = 600.0) -> int:
+    """``flwr run`` the app; returns its exit code. ``on_poll()`` is called while it runs.
+
+    ``started``: a file the ServerApp creates once it runs; if it has not appeared after
+    ``start_timeout`` seconds the run is stopped with a clear error. (Seen here on an
+    overloaded machine: Flower's simulation process, slow to import Ray and TensorFlow,
+    misses its first heartbeat, its task token expires, and Flower starts it again and
+    again without ever saying so.)"""
     cmd = ["flwr", "run", str(app_dir), connection, "--stream",
            "--run-config", f"job={json.dumps(str(job_path))}"]
     if federation_config:
@@ -206,6 +215,12 @@ def run_flwr(app_dir: Path, connection: str, env: dict[str, str], *, job_path: P
             if timeout is not None and time.monotonic() - t0 > timeout:
                 stop_tree([proc.pid, *descendants(proc.pid)])
                 raise RunError(f"the run did not finish within {timeout:.0f} s; log: {log_path}")
+            if (started is not None and not started.exists()
+                    and time.monotonic() - t0 > start_timeout):
+                stop_tree([proc.pid, *descendants(proc.pid)])
+                raise RunError(f"Flower did not start the run within {start_timeout:.0f} s "
+                               "(its simulation process never got going; is the machine "
+                               f"overloaded?); log: {log_path}")
             time.sleep(0.25)
     return int(proc.returncode)
 

@@ -163,7 +163,8 @@ def simulate(config_path: str | None, out: str | Path = "runs", *, rounds: int |
                 with _Progress(run_dir, cfg.rounds, progress) as prog:
                     rc = run_flwr(app_dir or APP_DIR, conn, env, job_path=job_path,
                                   federation_config=fed_cfg, log_path=log_path,
-                                  on_poll=prog.poll, timeout=timeout)
+                                  on_poll=prog.poll, timeout=timeout,
+                                  started=run_dir / "audit.jsonl")
             if summary_path.exists() and summary_path.stat().st_mtime >= started:
                 break
             crash = _worker_crash(log_path, log_start)
