@@ -438,11 +438,12 @@ class DpSgdStep:
                  expected_batch_size: int | None = None, per_example: str = "vmap") -> None:
         import tensorflow as tf
 
-        self.l2_clip = _check_clip(l2_clip, "l2_clip")
-        self.noise_multiplier = _check_noise(noise_multiplier)
-        if expected_batch_size is not None:
-            _check_count("expected_batch_size", expected_batch_size, minimum=1)
-        self.expected_batch_size = expected_batch_size
+        # Graph inputs as variables: configure() changes them without a retrace.
+        self._clip = tf.Variable(1.0, dtype=tf.float32, trainable=False)
+        self._noise_std = tf.Variable(0.0, dtype=tf.float32, trainable=False)
+        self._fixed_denom = tf.Variable(0.0, dtype=tf.float32, trainable=False)  # 0: actual size
+        self.configure(l2_clip=l2_clip, noise_multiplier=noise_multiplier,
+                       expected_batch_size=expected_batch_size)
         if per_example not in PER_EXAMPLE:
             raise ConfigError(f"per_example {per_example!r} is not known; use one of: "
                               f"{', '.join(PER_EXAMPLE)}")
@@ -464,8 +465,7 @@ class DpSgdStep:
         if num_features is None:
             raise ConfigError("the model needs a known input shape (None, features), e.g. "
                               "keras.Input(shape=(features,))")
-        clip = tf.constant(self.l2_clip, tf.float32)
-        noise_std = tf.constant(self.noise_multiplier * self.l2_clip, tf.float32)
+        clip, noise_std, fixed_denom = self._clip, self._noise_std, self._fixed_denom
         gen = self.generator
 
         def one_example(xy: Any) -> Any:
@@ -498,14 +498,12 @@ class DpSgdStep:
 
         spec_x = tf.TensorSpec((None, num_features), tf.float32)
         spec_y = tf.TensorSpec((None,), tf.float32)
-        ebs = expected_batch_size
 
         @tf.function(input_signature=[spec_x, spec_y], reduce_retracing=True)
         def step(x: Any, y: Any) -> Any:
             n = tf.shape(x)[0]
             summed, loss = tf.cond(n > 0, lambda: clipped_sum(x, y), empty)
-            denom = (tf.constant(float(ebs), tf.float32) if ebs is not None
-                     else tf.cast(tf.maximum(n, 1), tf.float32))
+            denom = tf.where(fixed_denom > 0, fixed_denom, tf.cast(tf.maximum(n, 1), tf.float32))
             grads = [(s + gen.normal(tf.shape(v), stddev=noise_std)) / denom
                      for s, v in zip(summed, variables, strict=True)]
             if anchor is not None:
@@ -514,6 +512,23 @@ class DpSgdStep:
             return loss
 
         self.step = step
+
+    def configure(self, *, l2_clip: float, noise_multiplier: float,
+                  expected_batch_size: int | None = None) -> None:
+        """Set the clipping norm, noise multiplier and denominator (no retrace).
+
+        A lab learns its number of rows, hence its sampling rate and calibrated noise,
+        only after the trainer (and this step) is built: call this before each run.
+        """
+        clip = _check_clip(l2_clip, "l2_clip")
+        nm = _check_noise(noise_multiplier)
+        if expected_batch_size is not None:
+            _check_count("expected_batch_size", expected_batch_size, minimum=1)
+        self.l2_clip, self.noise_multiplier = clip, nm
+        self.expected_batch_size = expected_batch_size
+        self._clip.assign(clip)
+        self._noise_std.assign(nm * clip)
+        self._fixed_denom.assign(float(expected_batch_size or 0))
 
     def reseed(self) -> None:
         """Replace the noise generator's state with a fresh secret one."""

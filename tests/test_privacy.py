@@ -220,12 +220,20 @@ def test_crafted_batch_every_contribution_bounded(hidden, per_example):
 
 def test_noise_has_the_right_scale():
     nm, clip, batch = 1.3, 0.7, 8
-    model, step = _setup(loss_fn=_zero_loss, l2_clip=clip, noise_multiplier=nm)
+    model = build_model(ModelConfig("logistic"), F, 2, seed=1)
+    dp = privacy.DpSgdStep(model, keras.optimizers.SGD(learning_rate=1.0), _zero_loss, l2_clip=clip,
+                           noise_multiplier=nm)
     x = np.ones((batch, F), np.float32)
     y = np.zeros(batch, np.float32)
-    samples = np.concatenate([_applied_gradient(model, step, x, y) for _ in range(300)])
+    samples = np.concatenate([_applied_gradient(model, dp.step, x, y) for _ in range(300)])
     assert abs(samples.mean()) < 0.05 * nm * clip / batch
     assert samples.std() == pytest.approx(nm * clip / batch, rel=0.05)
+    # reconfigured (as a lab does once it knows its data): new scale, same trace
+    dp.configure(l2_clip=2.0, noise_multiplier=3.0, expected_batch_size=4)
+    dp.reseed()
+    samples = np.concatenate([_applied_gradient(model, dp.step, x, y) for _ in range(300)])
+    assert samples.std() == pytest.approx(3.0 * 2.0 / 4, rel=0.05)
+    assert dp.step.experimental_get_tracing_count() == 1
 
 
 def test_poisson_empty_batch_still_adds_noise_over_expected_batch_size():
