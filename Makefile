@@ -9,7 +9,7 @@ export FLWR_DISABLE_UPDATE_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo demo-deployment test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fedlab simulate
+
+# A server and four lab processes over TLS on loopback, each lab with only its own file.
+demo-deployment: $(STAMP)
+	$(BIN)/fedlab demo --deployment
 
 test: $(STAMP)
 	$(BIN)/ruff check .

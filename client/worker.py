@@ -224,8 +224,8 @@ def call_worker(socket_path: str, kind: str, cfg: Mapping[str, Any], vector: np.
             res = recv_frame(sock)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise WorkerUnavailable(
-            f"the lab's training worker is not running (no socket at {socket_path}); "
-            "restart `fedlab client`") from exc
+            f"the lab's training worker is not ready (still loading) or not running (no "
+            f"socket at {socket_path}); if this lasts, restart `fedlab client`") from exc
     except (OSError, ConnectionError) as exc:
         raise WorkerUnavailable(f"lost the lab's training worker at {socket_path} ({exc}); "
                                 "see the `fedlab client` output") from exc

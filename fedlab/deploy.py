@@ -53,9 +53,9 @@ Status = Callable[[str], None]
 CONNECTION = "fedlab"
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 # Flower's SuperExec looks for a new ClientApp task once a second by default; a
-# message then waits up to that long before its process even starts. 50 ms costs
+# message then waits up to that long before its process even starts. 100 ms costs
 # nothing measurable on an idle node (Flower reads this variable; no patch).
-SUPEREXEC_POLL = "0.05"
+SUPEREXEC_POLL = "0.1"
 EXIT_REFUSED = 3  # `fedlab client`: the server refused this lab; restarting will not help
 
 
@@ -263,7 +263,7 @@ def plan_listen(address: str, cert_hosts: Sequence[str], listen: str | None) -> 
     return Listen(host, port, f"{local}:{port}")
 
 
-def _write_flwr_config(home: Path, connect: str, ca_cert: Path) -> None:
+def write_flwr_config(home: Path, connect: str, ca_cert: Path) -> None:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
@@ -456,7 +456,7 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
     state = Path(state_dir).resolve() if state_dir else kit_dir / "state"
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     home = state / "flwr-home"
-    _write_flwr_config(home, where.connect, kit.ca_cert_path)
+    write_flwr_config(home, where.connect, kit.ca_cert_path)
     env = flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL})
     run_dir = new_run_dir(Path(out) if out else kit_dir / "runs", cfg.name).resolve()
     become_subreaper()
@@ -613,11 +613,17 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                             "--parent-pid", str(os.getpid())],
                            env=env, log_path=logs / "worker.log")
             wtail = LogTail(logs / "worker.log")
-            info = _wait_worker(worker, work / "worker.ready", logs / "worker.log")
-            status(f"training worker ready (pid {worker.pid}, {info.get('num-train')} training "
-                   f"rows); connecting to the server at {kit.server_address}")
+            # The SuperNode starts while the worker loads: a refused key shows at once, and
+            # a hello that arrives before the worker is ready is simply asked again.
+            status(f"loading the training worker (pid {worker.pid}); connecting to the server "
+                   f"at {kit.server_address}")
+            ready: dict[str, Any] | None = None
             finished = 0
             while True:
+                if ready is None:
+                    ready = _worker_ready(worker, work / "worker.ready", logs / "worker.log")
+                    if ready is not None:
+                        status(f"training worker ready ({ready.get('num-train')} training rows)")
                 if node.proc is None:
                     if node.starts >= max_restarts:
                         raise RunError(f"the SuperNode stopped {node.starts} times; see "
@@ -692,26 +698,24 @@ def _report_line(report: Any) -> str:
     return "ok"
 
 
-def _wait_worker(worker: subprocess.Popen[bytes], ready: Path, log_path: Path,
-                 timeout: float = 600.0) -> dict[str, Any]:
-    """Wait until the worker has loaded everything and listens (it writes ``ready``)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            text = tail_text(log_path, 40)
-            for line in reversed(text.splitlines()):
-                if line.startswith("fedlab: error: "):
-                    raise RunError(line.removeprefix("fedlab: error: "))
-            raise RunError(f"the training worker stopped while loading (exit code "
-                           f"{worker.returncode}); last lines of {log_path}:\n{text}")
-        try:
-            info = json.loads(ready.read_text())
-            if isinstance(info, dict):
-                return info
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
-    raise RunError(f"the training worker did not get ready within {timeout:.0f} s; see {log_path}")
+def _worker_ready(worker: subprocess.Popen[bytes], ready: Path, log_path: Path
+                  ) -> dict[str, Any] | None:
+    """The worker's ready file once it has loaded everything and listens, else None; raises
+    if the worker stopped while loading (with its own error message when it gave one)."""
+    try:
+        info = json.loads(ready.read_text())
+        if isinstance(info, dict):
+            return info
+    except (OSError, ValueError):
+        pass
+    if worker.poll() is not None:
+        text = tail_text(log_path, 40)
+        for line in reversed(text.splitlines()):
+            if line.startswith("fedlab: error: "):
+                raise RunError(line.removeprefix("fedlab: error: "))
+        raise RunError(f"the training worker stopped while loading (exit code "
+                       f"{worker.returncode}); last lines of {log_path}:\n{text}")
+    return None
 
 
 def _follow_node(node: _Node, status: Status, address: str) -> None:

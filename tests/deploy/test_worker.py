@@ -108,7 +108,7 @@ def test_refuses_a_folder_others_can_enter(tmp_path):
 
 
 def test_missing_worker_is_a_clear_error(tmp_path):
-    with pytest.raises(w.WorkerUnavailable, match="not running"):
+    with pytest.raises(w.WorkerUnavailable, match="not ready"):
         w.call_worker(str(tmp_path / "nope.sock"), "hello", {}, None)
 
 

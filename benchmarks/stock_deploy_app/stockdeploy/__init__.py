@@ -1,0 +1,1 @@
+"""Stock Flower deployment baselines of ``benchmarks/deployment.py``."""
