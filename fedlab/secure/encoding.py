@@ -198,8 +198,8 @@ class FixedPointEncoder:
                 f"decoding: summed weight {total_weight} is impossible for {n_labs} labs with "
                 f"weights in [1, {self.max_weight}]; the masks did not cancel"
             )
-        values = np.ascontiguousarray(total[:-1]).view(np.int32).astype(np.float64)
-        values *= 1.0 / self.scale
+        signed = np.ascontiguousarray(total[:-1]).view(np.int32)
+        values = np.multiply(signed, 1.0 / self.scale, dtype=np.float64)  # one pass, exact
         return values, total_weight
 
     def error_bound(self, n_labs: int, total_weight: int | None = None) -> float:

@@ -1635,6 +1635,43 @@ class ServerSession:
             )
         return requests
 
+    def _recover_seed(
+        self, state: _RoundState, owner: str, given: Mapping[int, tuple[str, bytes]]
+    ) -> tuple[bytes | None, str]:
+        """Rebuild ``owner``'s seed from ``t`` shares and check it against the owner's commitment.
+
+        Shares are checked one by one against their commitments only when the seed
+        does not match, to name the holders that sent bad shares and retry without them.
+        """
+        params, record = self._params, state.used_seeds[owner]
+        t = params.threshold
+
+        def attempt(points: Mapping[int, bytes]) -> bytes | None:
+            try:
+                seed = shamir.combine(points, t)
+            except ProtocolError:
+                return None
+            commit = _seed_commit(params.run_id, owner, record.epoch, record.seed_id, seed)
+            return seed if commit == record.commit else None
+
+        seed = attempt({x: share for x, (_, share) in given.items()})
+        if seed is not None:
+            return seed, ""
+        good: dict[int, bytes] = {}
+        for x, (holder, share) in given.items():
+            expected = record.shares[holder][2]
+            if _share_commit(params.run_id, owner, record.epoch, record.seed_id, holder, share) == expected:
+                good[x] = share
+            else:
+                reason = f"its share of the seed of {owner!r} does not match the owner's commitment"
+                self._event("rejected", holder, state.round, STAGE_UNMASK, reason)
+        if len(good) < t:
+            return None, f"only {len(good)} valid shares of the seed of {owner!r} (t = {t})"
+        seed = attempt(good)
+        if seed is None:
+            return None, f"the valid shares of {owner!r} do not rebuild its committed seed (bad dealing)"
+        return seed, ""
+
     def collect_unmask(self, round: int, replies: Mapping[str, bytes]) -> AggregateResult:
         """Verify R2 replies, remove the masks, decode; return the weighted sum.
 
@@ -1643,7 +1680,7 @@ class ServerSession:
         params = self._params
         state = self._require_round(round, STAGE_UNMASK)
         survivors, dropped = state.survivors, set(state.dropped)
-        shares: dict[str, dict[int, bytes]] = {lab: {} for lab in survivors}
+        shares: dict[str, dict[int, tuple[str, bytes]]] = {lab: {} for lab in survivors}
         pair_keys: list[tuple[str, str, bytes]] = []
         answered: set[str] = set()
         for lab, raw in replies.items():
@@ -1686,16 +1723,14 @@ class ServerSession:
                         raise ProtocolError(f"sent a share of {owner!r} that was not asked for")
                     if not isinstance(share, bytes) or len(share) != shamir.SHARE_LEN:
                         raise ProtocolError(f"share of {owner!r} is malformed")
-                    if _share_commit(params.run_id, owner, seed.epoch, seed.seed_id, lab, share) != entry[2]:
-                        raise ProtocolError(f"share of {owner!r} does not match the owner's commitment")
-                    given[owner] = share
+                    given[owner] = share  # checked against its commitment only if the seed fails
             except ProtocolError as exc:
                 self._event("rejected", str(lab), round, STAGE_UNMASK, str(exc))
                 continue
             answered.add(lab)
             pair_keys.extend(mine)
             for owner, share in given.items():
-                shares[owner][params.share_x(lab)] = share
+                shares[owner][params.share_x(lab)] = (lab, share)
         for lab in survivors:
             if lab not in answered and lab not in replies:
                 self._event("dropped", lab, round, STAGE_UNMASK, "no unmask reply received")
@@ -1710,17 +1745,9 @@ class ServerSession:
         masks: list[tuple[bytes, int]] = []
         if not problems:
             for lab in survivors:
-                seed_rec = state.used_seeds[lab]
-                try:
-                    seed = shamir.combine(shares[lab], params.threshold)
-                except ProtocolError as exc:
-                    problems.append(f"the shares of {lab!r} do not combine: {exc}")
-                    break
-                if (
-                    _seed_commit(params.run_id, lab, seed_rec.epoch, seed_rec.seed_id, seed)
-                    != seed_rec.commit
-                ):
-                    problems.append(f"the shares of {lab!r} reconstruct a seed that is not the committed one")
+                seed, problem = self._recover_seed(state, lab, shares[lab])
+                if seed is None:
+                    problems.append(problem)
                     break
                 masks.append((self_mask_key(seed, params.run_id, round, lab), -1))
         if problems:

@@ -11,6 +11,7 @@ it (every secret is equally consistent with them).
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,24 @@ def split(secret: bytes, threshold: int, xs: Sequence[int]) -> dict[int, bytes]:
     return shares
 
 
+@functools.lru_cache(maxsize=1024)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange basis values at 0 for the points ``xs`` (prod_{j != i} x_j / (x_j - x_i)).
+
+    Cached: in a round most seeds are rebuilt from the same few sets of holders."""
+    numerator = 1
+    for x in xs:
+        numerator = numerator * x % PRIME
+    basis = []
+    for xi in xs:
+        denominator = xi
+        for xj in xs:
+            if xj != xi:
+                denominator = denominator * (xj - xi) % PRIME
+        basis.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+    return tuple(basis)
+
+
 def combine(shares: Mapping[int, bytes], threshold: int) -> bytes:
     """Recover the secret from at least ``threshold`` shares (uses the ``threshold`` lowest x).
 
@@ -94,19 +113,10 @@ def combine(shares: Mapping[int, bytes], threshold: int) -> bytes:
         points[x] = y
     if len(points) < t:
         raise ProtocolError(f"Shamir: {len(points)} shares given, {t} needed to reconstruct")
-    chosen = sorted(points)[:t]
-    numerator = 1
-    for x in chosen:
-        numerator = numerator * x % PRIME
+    chosen = tuple(sorted(points)[:t])
     secret = 0
-    for xi in chosen:
-        # Lagrange basis at 0: prod_{j != i} x_j / (x_j - x_i)
-        denominator = xi
-        for xj in chosen:
-            if xj != xi:
-                denominator = denominator * (xj - xi) % PRIME
-        basis = numerator * pow(denominator, -1, PRIME) % PRIME
-        secret = (secret + points[xi] * basis) % PRIME
+    for x, basis in zip(chosen, _lagrange_at_zero(chosen), strict=True):
+        secret = (secret + points[x] * basis) % PRIME
     if secret >= 1 << (8 * SECRET_LEN):
         raise ProtocolError(
             "Shamir: the shares do not interpolate to a 32-byte secret (inconsistent or too few "

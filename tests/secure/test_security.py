@@ -629,3 +629,28 @@ def test_secure_package_never_imports_a_non_cryptographic_generator() -> None:
     pattern = re.compile(r"^\s*(import random|from random import)|np\.random|numpy\.random", re.MULTILINE)
     offenders = [p.name for p in package.glob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_server_names_a_lab_that_sends_a_wrong_share_and_recovers_without_it() -> None:
+    fed = Federation.create(7, 5)  # k = 6, t = 4: one bad holder still leaves 5 honest shares
+    fed.setup()
+    updates, weights = updates_for(fed, 9)
+    r1 = fed.server.train_requests(1, fed.params.labs)
+    masked = {lab: fed.labs[lab].masked_update(req, updates[lab], weights[lab]) for lab, req in r1.items()}
+    r2 = fed.server.collect_masked(1, masked)
+    replies = {lab: fed.labs[lab].unmask(req) for lab, req in r2.items()}
+    liar, owner = "lab-00", "lab-01"  # lab-00 holds x = 1, always among the shares used first
+    body = body_of(replies[liar])
+    wrong = (int.from_bytes(body["shares"][owner], "big") ^ 1).to_bytes(shamir.SHARE_LEN, "big")
+    body["shares"] = dict(body["shares"], **{owner: wrong})
+    raw = wire.encode(body)
+    signature = signing.sign(fed.identities[liar], fed.params.run_id, 1, "unmask", liar, raw)
+    replies[liar] = wire.encode({"body": raw, "sig": signature})  # validly signed by the lying lab
+    result = fed.server.collect_unmask(1, replies)
+    event = rejection(fed, liar)
+    assert (
+        event["stage"] == "unmask"
+        and "seed of 'lab-01' does not match the owner's commitment" in event["reason"]
+    )
+    expected = plain_average(updates, weights, fed.params.labs, fed.params.clip)
+    assert np.abs(result.average - expected).max() <= result.error_bound
