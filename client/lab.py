@@ -12,6 +12,7 @@ Flower uses for the next message.
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Mapping
@@ -41,6 +42,142 @@ class Reply:
     state: bytes | None = None  # secure-aggregation state to keep for the next message
 
 
+_STATE_MAGIC = b"FLS1"
+
+
+def pack_state(secagg: bytes | None, counters: Mapping[str, int]) -> bytes:
+    """The lab's state between messages: privacy counters + the (encrypted) secure-
+    aggregation session. Kept by whoever serves the lab (Flower's node state in
+    simulation, the warm worker in deployment), so the privacy budget is counted once
+    per lab whichever process trains it."""
+    head = json.dumps({"dp": dict(counters), "secagg": secagg is not None}).encode()
+    return _STATE_MAGIC + len(head).to_bytes(4, "big") + head + (secagg or b"")
+
+
+def unpack_state(state: bytes | None) -> tuple[bytes | None, dict[str, int]]:
+    if not state:
+        return None, {}
+    if not state.startswith(_STATE_MAGIC) or len(state) < 8:
+        raise ProtocolError("the lab's saved state is not fedlab's; start the lab afresh")
+    n = int.from_bytes(state[4:8], "big")
+    try:
+        head = json.loads(state[8:8 + n])
+        counters = {str(k): int(v) for k, v in dict(head["dp"]).items()}
+        has_secagg = bool(head["secagg"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"the lab's saved state is damaged ({exc})") from exc
+    return (state[8 + n:] if has_secagg else None), counters
+
+
+class LabPrivacy:
+    """A lab's differential privacy: the noise it uses and the budget it has spent.
+
+    - ``record``: DP-SGD at the lab. The noise multiplier is calibrated before training
+      (from the lab's own sampling rate batch/n and the run's total steps) so that the
+      whole run spends the target epsilon; or, if given, used as is with epsilon as the
+      budget. Before each round the lab checks that the round's steps stay within its
+      budget, and refuses the round (and every later one) if not.
+    - ``lab``: each update is clipped to L2 norm ``clip`` and carries Gaussian noise of
+      std ``noise_multiplier * clip / sqrt(n_labs)``; the securely aggregated sum (labs
+      weighted equally) carries the full noise. Accounted as the Gaussian mechanism once
+      per round. If labs drop out, the sum carries less noise than planned.
+    """
+
+    def __init__(self, cfg: FederationConfig, num_train: int, n_labs: int) -> None:
+        from fedlab import privacy as dp
+
+        self.cfg = cfg
+        self.mode = cfg.privacy.mode
+        p = cfg.privacy
+        self.noise_multiplier = p.noise_multiplier
+        self.ledger: Any = None
+        self.rounds = 0
+        self.epsilon = 0.0
+        self.n_labs = max(1, n_labs)
+        if self.mode == "record":
+            from fedlab.training import dp_steps
+
+            q = min(1.0, cfg.training.batch_size / max(1, num_train))
+            self.steps_per_round = dp_steps(num_train, cfg.training.batch_size,
+                                            cfg.training.local_epochs)
+            if self.noise_multiplier <= 0:
+                self.noise_multiplier = dp.calibrate_noise(
+                    p.epsilon, p.delta, q, self.steps_per_round * cfg.rounds, p.accountant)
+            self.ledger = dp.PrivacyLedger(budget_epsilon=p.epsilon, delta=p.delta,
+                                           noise_multiplier=self.noise_multiplier,
+                                           sample_rate=q, accountant=p.accountant)
+        elif self.mode == "lab" and self.noise_multiplier <= 0:
+            self.noise_multiplier = _calibrate_lab_level(p.epsilon, p.delta, cfg.rounds)
+
+    def counters(self) -> dict[str, int]:
+        return {"steps": self.ledger.steps if self.ledger is not None else 0,
+                "rounds": self.rounds}
+
+    def load(self, counters: Mapping[str, int]) -> None:
+        """Take over what this lab has spent so far (from its saved state)."""
+        from fedlab import privacy as dp
+
+        self.rounds = int(counters.get("rounds", 0))
+        if self.ledger is not None:
+            self.ledger.steps = int(counters.get("steps", 0))
+            self.ledger.epsilon = (dp.epsilon_spent(self.noise_multiplier,
+                                                    self.ledger.sample_rate, self.ledger.steps,
+                                                    self.ledger.delta, self.ledger.accountant)
+                                   if self.ledger.steps else 0.0)
+            self.epsilon = self.ledger.epsilon
+        elif self.mode == "lab" and self.rounds:
+            self.epsilon = dp.epsilon_spent_lab_level(self.noise_multiplier, self.rounds,
+                                                      self.cfg.privacy.delta,
+                                                      self.cfg.privacy.accountant)
+
+    def before_round(self, lab: str, round_: int) -> None:
+        if self.ledger is not None and not self.ledger.allows(self.steps_per_round):
+            raise ProtocolError(
+                f"lab {lab}: round {round_} would spend epsilon "
+                f"{self.ledger.epsilon_after(self.steps_per_round):.3g}, over its budget "
+                f"{self.ledger.budget_epsilon:g} (delta {self.ledger.delta:g}); the lab takes "
+                "no further part in training")
+
+    def after_round(self, update: np.ndarray, metrics: dict[str, Any]) -> np.ndarray:
+        from fedlab import privacy as dp
+
+        if self.mode == "record":
+            self.epsilon = self.ledger.spend(self.steps_per_round)
+        elif self.mode == "lab":
+            p = self.cfg.privacy
+            update = dp.clip_update(update, p.clip) + dp.lab_noise_share(
+                update.size, p.clip, self.noise_multiplier, self.n_labs)
+            self.rounds += 1
+            self.epsilon = dp.epsilon_spent_lab_level(self.noise_multiplier, self.rounds,
+                                                      p.delta, p.accountant)
+            metrics["weight"] = 1  # equal weights: the sum's sensitivity is clip
+        if self.mode != "off":
+            metrics["epsilon"] = float(self.epsilon)
+            metrics["noise-multiplier"] = float(self.noise_multiplier)
+        return update
+
+
+def _calibrate_lab_level(epsilon: float, delta: float, rounds: int) -> float:
+    """Smallest noise multiplier (3 significant digits) whose lab-level accounting over
+    ``rounds`` stays within ``epsilon``."""
+    from fedlab import privacy as dp
+
+    lo, hi = 0.05, 1.0
+    while dp.epsilon_spent_lab_level(hi, rounds, delta) > epsilon:
+        hi *= 2
+        if hi > 1e6:
+            raise ProtocolError(f"no noise level reaches epsilon {epsilon} over {rounds} rounds")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if dp.epsilon_spent_lab_level(mid, rounds, delta) > epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-3 * hi:
+            break
+    return hi
+
+
 class LabWorker:
     """One lab: data, model, identity; answers the server's requests."""
 
@@ -60,6 +197,11 @@ class LabWorker:
         self.shapes = self.trainer.shapes
         self.size = codec.num_params(self.shapes)
         self.num_train = int(len(data.y_train))
+        self.privacy = LabPrivacy(cfg, self.num_train, len(self.roster))
+        if cfg.privacy.mode == "record":
+            self.trainer.enable_record_dp(l2_clip=cfg.privacy.clip,
+                                          noise_multiplier=self.privacy.noise_multiplier,
+                                          expected_batch_size=cfg.training.batch_size)
 
     # -- stages ----------------------------------------------------------------------------
     def hello(self, run_id: str) -> Reply:
@@ -85,12 +227,14 @@ class LabWorker:
             raise ProtocolError(f"lab {self.lab}: the server sent a model of {global_vec.size} "
                                 f"{global_vec.dtype} values, this lab's model has {self.size}")
         metrics: dict[str, Any] = self.evaluate(global_vec)
+        self.privacy.before_round(self.lab, round_)
         weights = codec.unflatten(global_vec, self.shapes)
         fit = self.trainer.fit(weights, self.data.x_train, self.data.y_train,
                                round_seed=round_ * 100_003 + zlib.crc32(self.lab.encode()) % 100_003)
         update = codec.flatten(fit.weights) - global_vec
         metrics.update({"num-examples": fit.num_examples, "train-loss": fit.loss,
                         "seconds": fit.seconds})
+        update = self.privacy.after_round(update, metrics)
         return update.astype(np.float32), metrics
 
     def plain_round(self, run_id: str, round_: int, global_vec: np.ndarray) -> Reply:
@@ -109,17 +253,23 @@ class LabWorker:
         values; ``vector`` the model it carries; ``state`` the lab's secure-aggregation state
         from the previous message (None at first)."""
         run_id = str(cfg.get("run", ""))
+        secagg_state, counters = unpack_state(state)
+        self.privacy.load(counters)
         if kind == "hello":
-            return self.hello(run_id)
-        if kind == "final":
-            return self.final(self._model(vector))
-        if kind == "round" and not cfg.get("secure", False):
-            return self.plain_round(run_id, int(cfg["round"]), self._model(vector))
-        if kind in ("setup", "share", "round", "unmask"):
+            reply = self.hello(run_id)
+        elif kind == "final":
+            reply = self.final(self._model(vector))
+        elif kind == "round" and not cfg.get("secure", False):
+            reply = self.plain_round(run_id, int(cfg["round"]), self._model(vector))
+        elif kind in ("setup", "share", "round", "unmask"):
             from client.secure import handle_secure
 
-            return handle_secure(self, kind, cfg, vector, state)
-        raise ProtocolError(f"lab {self.lab}: unknown request {kind!r} from the server")
+            reply = handle_secure(self, kind, cfg, vector, secagg_state)
+            secagg_state = reply.state
+        else:
+            raise ProtocolError(f"lab {self.lab}: unknown request {kind!r} from the server")
+        reply.state = pack_state(secagg_state, self.privacy.counters())
+        return reply
 
     def _model(self, vector: np.ndarray | None) -> np.ndarray:
         if vector is None:
@@ -147,6 +297,7 @@ class SyntheticLabWorker(LabWorker):
         self.size = size
         self.shapes = ((size,),)
         self.num_train = 100
+        self.privacy = LabPrivacy(cfg, self.num_train, len(self.roster))
         rng = np.random.default_rng(zlib.crc32(lab.encode()))
         self._update = (rng.standard_normal(size, dtype=np.float32) * 0.01).astype(np.float32)
 

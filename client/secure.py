@@ -49,7 +49,8 @@ def handle_secure(worker: LabWorker, kind: str, cfg: Mapping[str, Any], vector: 
     elif kind == "round":
         round_ = int(cfg["round"])
         update, metrics = worker.train(round_, worker._model(vector))
-        out_vec, header = session.masked_update(request, update, int(metrics["num-examples"]))
+        out_vec, header = session.masked_update(request, update,
+                                               int(metrics.get("weight", metrics["num-examples"])))
         metrics["clipped"] = int(session.last_clipped)
         meta["secagg"] = header
         meta["sig"] = signing.sign(worker.identity, run_id, round_, "metrics", worker.lab,

@@ -114,6 +114,18 @@ class RobustnessConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy (off by default)."""
+
+    mode: str = "off"  # off | record (DP-SGD at each lab) | lab (clipped, noised updates)
+    epsilon: float = 1.0  # target epsilon over the whole run (calibrates the noise)
+    delta: float = 1e-5
+    clip: float = 1.0  # L2 bound: per example (record) or per update (lab)
+    noise_multiplier: float = 0.0  # > 0: use this instead of calibrating; epsilon is the budget
+    accountant: str = "rdp"  # rdp | pld (dp-accounting)
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     """The whole, validated federation.toml."""
 
@@ -131,6 +143,7 @@ class FederationConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str = ""  # the TOML text this was parsed from ("" for the built-in default)
     base_dir: str = ""  # folder relative data paths are resolved against
 
@@ -313,7 +326,7 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         raise ConfigError(f"{where} is not valid TOML: {exc}. Fix the syntax and try again.") from exc
     errs = _Errors(where)
     sections = ("federation", "training", "strategy", "model", "data", "labs", "simulation",
-                "server", "robustness")
+                "server", "robustness", "privacy")
     for key in raw:
         if key not in sections:
             errs.add(key, f"unknown section; allowed: {', '.join(sections)}")
@@ -404,6 +417,19 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
                  "secure aggregation hides from the server; set federation.secure = false "
                  "(plain mode, for trusted settings) or use aggregator = \"mean\"")
 
+    pv = _take(errs, table("privacy"), "privacy.", {
+        "mode": (str, "off", _one_of(("off", "record", "lab"))),
+        "epsilon": ((int, float), 1.0, _positive),
+        "delta": ((int, float), 1e-5, lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
+        "clip": ((int, float), 1.0, _positive),
+        "noise_multiplier": ((int, float), 0.0, _non_negative),
+        "accountant": (str, "rdp", _one_of(("rdp", "pld"))),
+    })
+    if pv.get("mode") == "lab" and not fed.get("secure", True):
+        errs.add("privacy.mode", "lab-level noise is split across labs and relies on secure "
+                 "aggregation to hide each share; set federation.secure = true or use "
+                 "mode = \"record\"")
+
     labs: list[LabConfig] = []
     raw_labs = raw.get("labs", [])
     if not isinstance(raw_labs, list):
@@ -490,6 +516,11 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
             aggregator=rb["aggregator"], trim_fraction=float(rb["trim_fraction"]),
             byzantine=rb["byzantine"], max_update_norm=float(rb["max_update_norm"]),
             max_message_mb=float(rb["max_message_mb"]),
+        ),
+        privacy=PrivacyConfig(
+            mode=pv["mode"], epsilon=float(pv["epsilon"]), delta=float(pv["delta"]),
+            clip=float(pv["clip"]), noise_multiplier=float(pv["noise_multiplier"]),
+            accountant=pv["accountant"],
         ),
         source=text,
         base_dir=base_dir,

@@ -68,7 +68,14 @@ def print_table(summary: dict[str, Any]) -> None:
         t.add_column(h, justify="left" if h == "trained" else "right")
     for r in rows:
         t.add_row(*r)
-    Console(width=max(100, Console().width)).print(t)
+    console = Console(width=max(100, Console().width))
+    console.print(t)
+    priv = summary.get("privacy")
+    if priv:
+        spent = ", ".join(f"{lab} {eps:.3g}" for lab, eps in sorted(priv["epsilon_spent"].items()))
+        console.print(f"Differential privacy ({priv['mode']}-level, delta {priv['delta']:g}, "
+                      f"target epsilon {priv['target_epsilon']:g}): epsilon spent per lab: "
+                      f"{spent or 'none'}")
 
 
 def _series(metrics: list[dict[str, Any]], lab: str, key: str) -> tuple[list[int], list[float]]:

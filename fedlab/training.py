@@ -38,6 +38,13 @@ class EvalResult:
     num_examples: int
 
 
+def dp_steps(n: int, batch_size: int, epochs: int) -> int:
+    """DP-SGD steps of one round: ``epochs`` passes in expectation, Poisson rate batch/n."""
+    from fedlab.privacy import steps_per_epoch
+
+    return epochs * steps_per_epoch(min(1.0, batch_size / n))
+
+
 class LocalTrainer:
     """A compiled model plus its train and evaluate steps, built once per process."""
 
@@ -110,6 +117,20 @@ class LocalTrainer:
 
         self._train_step = train_step
         self._eval_step = eval_step
+        self._loss_fn = loss_fn
+        self.dp: Any = None  # a fedlab.privacy.DpSgdStep once record-level DP is on
+
+    def enable_record_dp(self, *, l2_clip: float, noise_multiplier: float,
+                         expected_batch_size: int) -> None:
+        """Train with DP-SGD from now on: per-example clipping and Gaussian noise (vectorised,
+        traced once), on Poisson-sampled batches drawn from the OS CSPRNG."""
+        from fedlab.privacy import DpSgdStep
+
+        mu = self._mu if float(self._mu.numpy()) > 0 else None
+        self.dp = DpSgdStep(self.model, self.optimizer, self._loss_fn, l2_clip=l2_clip,
+                            noise_multiplier=noise_multiplier,
+                            anchor=self._anchor if mu is not None else None, mu=mu,
+                            expected_batch_size=expected_batch_size)
 
     # -- weights -------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
@@ -139,7 +160,20 @@ class LocalTrainer:
         xf = np.asarray(x, dtype=np.float32)
         yf = np.asarray(y, dtype=np.float32)
         losses: list[float] = []
-        for _ in range(epochs if epochs is not None else self.training.local_epochs):
+        n_epochs = epochs if epochs is not None else self.training.local_epochs
+        if self.dp is not None:
+            from fedlab.privacy import poisson_batches
+
+            self.dp.reseed()
+            q = min(1.0, bs / n)
+            total = 0.0
+            steps = 0
+            for idx in poisson_batches(n, q, dp_steps(n, bs, n_epochs)):
+                total += float(self.dp.step(xf[idx], yf[idx]))
+                steps += 1
+            losses.append(total / max(steps, 1))
+            return FitResult(self.get_weights(), n, losses[-1], time.perf_counter() - t0)
+        for _ in range(n_epochs):
             order = rng.permutation(n)
             epoch_loss = 0.0
             for start in range(0, n, bs):

@@ -106,7 +106,9 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
         else:
             folder.audit.record("resumed", from_round=0, reason="no usable checkpoint")
 
-    srv.discover(wait=120.0 if job.mode == "simulation" else 3600.0)
+    # Simulation: every virtual lab exists, a slow one is only slow to start (TensorFlow,
+    # privacy calibration on a loaded machine): wait for all of them.
+    srv.discover(wait=900.0 if job.mode == "simulation" else 3600.0)
     secure = None
     if cfg.secure:
         from server.secure import SecureRounds
@@ -194,6 +196,13 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
             else (round_seconds[0] if round_seconds else float("nan")),
         },
     }
+    if cfg.privacy.mode != "off":
+        spent: dict[str, float] = {}
+        for row in folder.metrics():
+            if row.get("kind") == "train" and row.get("epsilon") is not None:
+                spent[row["lab"]] = max(spent.get(row["lab"], 0.0), float(row["epsilon"]))
+        summary["privacy"] = {"mode": cfg.privacy.mode, "delta": cfg.privacy.delta,
+                              "target_epsilon": cfg.privacy.epsilon, "epsilon_spent": spent}
     if job.mode == "simulation" and cfg.simulation.baselines and not job.synthetic_params:
         from fedlab.baselines import run_baselines
 
@@ -213,7 +222,8 @@ def _log_lab_metrics(folder: Any, rnd: int, outcome: RoundOutcome) -> None:
     for lab, m in sorted(outcome.lab_metrics.items()):
         folder.metric(kind="train", round=rnd, lab=lab, loss=m.get("train-loss"),
                       examples=m.get("num-examples"), seconds=m.get("seconds"),
-                      bytes_sent=outcome.bytes_sent.get(lab), secure=outcome.secure)
+                      bytes_sent=outcome.bytes_sent.get(lab), secure=outcome.secure,
+                      epsilon=m.get("epsilon"), noise_multiplier=m.get("noise-multiplier"))
         # The evaluation in a round's reply is of the model the lab received: the global
         # model after the previous round.
         folder.metric(kind="eval", round=rnd - 1, lab=lab, loss=m.get("test-loss"),

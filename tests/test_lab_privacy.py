@@ -1,0 +1,76 @@
+"""A lab's differential privacy: calibrated to the target, budget stops at the right round,
+counted once per lab whichever process trains it, lab-level noise on clipped updates."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from client.lab import LabPrivacy, pack_state, unpack_state
+from fedlab import privacy as dp
+from fedlab.config import PrivacyConfig, default_config
+from fedlab.errors import ProtocolError
+from fedlab.training import dp_steps
+
+
+def _cfg(**privacy):
+    cfg = default_config()
+    return dataclasses.replace(cfg, rounds=10, privacy=PrivacyConfig(**privacy))
+
+
+def test_calibrated_noise_spends_the_target_over_the_run():
+    cfg = _cfg(mode="record", epsilon=1.0, delta=1e-5, clip=1.0)
+    lab = LabPrivacy(cfg, num_train=199, n_labs=4)
+    q = cfg.training.batch_size / 199
+    steps = dp_steps(199, cfg.training.batch_size, cfg.training.local_epochs) * cfg.rounds
+    eps = dp.epsilon_spent(lab.noise_multiplier, q, steps, 1e-5)
+    assert 0.97 <= eps <= 1.0
+
+
+def test_budget_stop_triggers_at_the_right_round():
+    cfg = _cfg(mode="record", epsilon=2.0, delta=1e-5, clip=1.0, noise_multiplier=2.5)
+    lab = LabPrivacy(cfg, num_train=199, n_labs=4)
+    q = cfg.training.batch_size / 199
+    allowed = dp.rounds_within_budget(2.0, 1e-5, 2.5, q, lab.steps_per_round)
+    assert 0 < allowed < cfg.rounds
+    for rnd in range(1, allowed + 1):
+        lab.before_round("cleveland", rnd)
+        lab.after_round(np.zeros(3, np.float32), {})
+    with pytest.raises(ProtocolError, match=f"round {allowed + 1} would spend epsilon"):
+        lab.before_round("cleveland", allowed + 1)
+    assert lab.epsilon <= 2.0
+
+
+def test_budget_is_counted_once_per_lab_across_processes():
+    cfg = _cfg(mode="record", epsilon=1.0, delta=1e-5, clip=1.0)
+    a = LabPrivacy(cfg, num_train=199, n_labs=4)
+    a.after_round(np.zeros(3, np.float32), {})
+    a.after_round(np.zeros(3, np.float32), {})
+    state = pack_state(b"secret-session", a.counters())
+    b = LabPrivacy(cfg, num_train=199, n_labs=4)  # another Ray actor, same lab
+    secagg, counters = unpack_state(state)
+    b.load(counters)
+    assert secagg == b"secret-session"
+    assert b.ledger.steps == 2 * a.steps_per_round
+    assert b.epsilon == pytest.approx(a.epsilon)
+
+
+def test_lab_level_clips_and_noises_each_update():
+    cfg = _cfg(mode="lab", epsilon=5.0, delta=1e-5, clip=0.5)
+    lab = LabPrivacy(cfg, num_train=100, n_labs=4)
+    assert dp.epsilon_spent_lab_level(lab.noise_multiplier, cfg.rounds, 1e-5) <= 5.0
+    metrics: dict = {}
+    big = np.full(10_000, 3.0, np.float32)
+    out = lab.after_round(big, metrics)
+    assert metrics["weight"] == 1 and metrics["epsilon"] > 0
+    noise = out - dp.clip_update(big, 0.5)
+    expected = lab.noise_multiplier * 0.5 / np.sqrt(4)
+    assert abs(np.std(noise) - expected) < 0.05 * expected
+
+
+def test_state_blobs_are_checked():
+    assert unpack_state(None) == (None, {})
+    with pytest.raises(ProtocolError):
+        unpack_state(b"garbage-state")
