@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -173,12 +171,9 @@ def test_error_bound_is_not_vacuous() -> None:
     assert MIN_VALUE_BITS == 8
 
 
-def test_encodes_millions_of_values_fast() -> None:
+def test_encodes_millions_of_values_with_exact_clip_count() -> None:
+    # Speed is measured by benchmarks/secure_aggregation.py, not asserted in a unit test.
     values = np.linspace(-10, 10, 4_000_000, dtype=np.float32)
-    DEFAULT.encode(values, 1000)  # warm up
-    start = time.perf_counter()
     encoded, clipped = DEFAULT.encode_counting(values, 1000)
-    elapsed = time.perf_counter() - start
     assert clipped == int(np.count_nonzero(np.abs(values) > 8))
     assert encoded.shape == (4_000_001,)
-    assert elapsed < 1.0, f"encoding 4M values took {elapsed:.3f}s (expected tens of ms)"
