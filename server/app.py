@@ -196,6 +196,9 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
             else (round_seconds[0] if round_seconds else float("nan")),
         },
     }
+    runtime = _ray_info()
+    if runtime:
+        summary["runtime"] = runtime
     if cfg.privacy.mode != "off":
         spent: dict[str, float] = {}
         for row in folder.metrics():
@@ -216,6 +219,21 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
     if completed == 0:
         raise RunError(f"no round of {cfg.rounds} completed; see {folder.path / 'audit.jsonl'}")
     return summary
+
+
+def _ray_info() -> dict[str, Any]:
+    """Which Ray cluster ran the virtual labs (simulation), for the record."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    try:
+        if ray is None or not ray.is_initialized():
+            return {}
+        return {"ray_gcs_address": ray.get_runtime_context().gcs_address,
+                "ray_nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+    except Exception as exc:  # noqa: BLE001 - informational only; never fail a run for it
+        log.debug("no Ray information: %s", exc)
+        return {}
 
 
 def _log_lab_metrics(folder: Any, rnd: int, outcome: RoundOutcome) -> None:

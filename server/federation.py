@@ -125,7 +125,11 @@ class FederationServer:
             if nodes:
                 reqs = {n: (HELLO, RecordDict({"cfg": ConfigRecord({"run": self.run_id})}))
                         for n in nodes}
-                res = exchange(self.grid, reqs, timeout=min(self.timeout, 60.0))
+                # Wait for the answers as long as discovery may last: asking a slow node
+                # again would put two messages for one lab in flight, and the later reply
+                # would overwrite the lab's saved state with a stale copy (seen in
+                # simulation under load).
+                res = exchange(self.grid, reqs, timeout=max(1.0, deadline - time.monotonic()))
                 for node_id, reply in res.replies.items():
                     settled.add(node_id)
                     self._hello(node_id, reply)

@@ -20,20 +20,29 @@ pytestmark = pytest.mark.slow
 FEDLAB = [sys.executable, "-m", "fedlab.cli"]
 
 
-def _flower_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    mine = {str(os.getpid())}
-    return [line for line in out.splitlines()[1:]
-            if any(k in line for k in ("flower-superlink", "flower-superexec", "flwr-simulation",
-                                       "raylet", "gcs_server", "ray::"))
-            and line.split()[0] not in mine]
+def _started_under(tmp_path: Path) -> list[str]:
+    """Live processes whose FLWR_HOME lies under ``tmp_path`` (the CLI runs with
+    TMPDIR=tmp_path, so everything it starts, even detached, carries that there)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and any(e.startswith(b"FLWR_HOME=" + str(tmp_path).encode())
+                                for e in env):
+            out.append(pid)
+    return out
 
 
 def test_short_simulation_end_to_end(tmp_path):
-    before = set(_flower_processes())
     t0 = time.time()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     proc = subprocess.run([*FEDLAB, "simulate", "--rounds", "3", "--out", str(tmp_path),
-                           "--no-progress"], capture_output=True, text=True, timeout=600)
+                           "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run_dir = Path(proc.stdout.strip().splitlines()[-1])  # the last line is the run folder
     assert run_dir.parent == tmp_path and run_dir.is_dir()
@@ -41,7 +50,11 @@ def test_short_simulation_end_to_end(tmp_path):
     assert summary["rounds_completed"] == 3
     assert set(summary["federated"]["labs"]) == {"cleveland", "hungary", "switzerland", "va"}
     assert summary["federated"]["pooled_test"]["examples"] == 254
-    assert 0.5 < summary["federated"]["pooled_test"]["accuracy"] <= 1.0
+    rows0 = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    initial = next(r for r in rows0 if r["kind"] == "eval" and r["lab"] == "pooled"
+                   and r["round"] == 0)
+    # three rounds of FedAdam learn something: better than the initial model
+    assert summary["federated"]["pooled_test"]["accuracy"] > initial["accuracy"] + 0.05
     assert summary["baselines"]["pooled_training"]["pooled_test"]["examples"] == 254
     for name in ("federation.toml", "metrics.jsonl", "audit.jsonl", "report.md", "accuracy.png",
                  "loss.png", "model.keras", "model.sha256"):
@@ -54,8 +67,7 @@ def test_short_simulation_end_to_end(tmp_path):
     assert "Test accuracy" in proc.stdout and "pooled" in proc.stdout
     # nothing left behind: no SuperLink, SuperExec, simulation or Ray process
     time.sleep(1)
-    left = set(_flower_processes()) - before
-    assert not left, left
+    assert _started_under(tmp_path) == []
     assert time.time() - t0 < 300
 
 
@@ -77,8 +89,7 @@ def test_simulation_on_an_existing_ray_cluster(tmp_path):
         run_dir = Path(proc.stdout.strip().splitlines()[-1])
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["rounds_completed"] == 2
-        log = (run_dir / "flower.log").read_text()
-        assert "Connecting to existing Ray cluster" in log or f"127.0.0.1:{port}" in log
+        assert summary["runtime"]["ray_gcs_address"].endswith(f":{port}")
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
 

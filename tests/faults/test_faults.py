@@ -91,33 +91,38 @@ def test_secure_dropouts_at_every_stage_poison_and_threshold(tmp_path):
     poisoned aggregate; too few survivors."""
     faults = [
         {"lab": "switzerland", "round": 1, "stage": "setup", "kind": "fail"},   # before keys
-        {"lab": "hungary", "round": 2, "stage": "round", "kind": "fail"},       # after shares
-        {"lab": "cleveland", "round": 3, "stage": "unmask", "kind": "fail"},    # after update
-        {"lab": "va", "round": 4, "stage": "round", "kind": "poison"},
-        {"lab": "cleveland", "round": 5, "stage": "round", "kind": "fail"},
-        {"lab": "hungary", "round": 5, "stage": "round", "kind": "fail"},
-        {"lab": "switzerland", "round": 5, "stage": "round", "kind": "fail"},
+        {"lab": "hungary", "round": 3, "stage": "round", "kind": "fail"},       # after shares
+        {"lab": "cleveland", "round": 4, "stage": "unmask", "kind": "fail"},    # after update
+        {"lab": "va", "round": 5, "stage": "round", "kind": "poison"},
+        {"lab": "cleveland", "round": 6, "stage": "round", "kind": "fail"},
+        {"lab": "hungary", "round": 6, "stage": "round", "kind": "fail"},
+        {"lab": "switzerland", "round": 6, "stage": "round", "kind": "fail"},
     ]
-    cfg = _config(tmp_path, rounds=6, secure=True, extra="[robustness]\nmax_update_norm = 10.0\n")
+    cfg = _config(tmp_path, rounds=7, secure=True, extra="[robustness]\nmax_update_norm = 10.0\n")
     run_dir, summary = _simulate(cfg, tmp_path / "secure", faults, EVIL_APP)
     rows = _rounds(run_dir)
-    assert [r["aggregated"] for r in rows] == [True, True, True, False, False, True]
-    assert summary["rounds_completed"] == 4
+    assert [r["aggregated"] for r in rows] == [True, True, True, True, False, False, True]
+    assert summary["rounds_completed"] == 5
     assert all(r["secure"] for r in rows)
-    assert rows[0]["contributors"] == ["cleveland", "hungary", "va"]  # switzerland: no keys
-    assert rows[1]["contributors"] == ["cleveland", "switzerland", "va"]
-    assert rows[1]["dropped"] == ["hungary"]
-    assert rows[1]["exchanges"] == 4  # switzerland ran setup before contributing
-    assert rows[2]["contributors"] == list(FOUR)  # cleveland's masked update counts
-    assert rows[2]["exchanges"] == 4  # hungary (revealed key) re-ran setup first
-    assert "aggregate rejected" in rows[3]["reason"]
-    assert "t =" in rows[4]["reason"] or "survivors" in rows[4]["reason"] or "fewer" in rows[4]["reason"]
-    assert rows[5]["contributors"] == list(FOUR) and rows[5]["exchanges"] == 4
+    # S1: no keys, no part in round 1; it runs setup before it contributes in round 2
+    assert rows[0]["contributors"] == ["cleveland", "hungary", "va"]
+    assert rows[1]["contributors"] == list(FOUR) and rows[1]["exchanges"] == 4
+    # S2: lost after sharing its keys: dropped, the others' round is aggregated
+    assert rows[2]["contributors"] == ["cleveland", "switzerland", "va"]
+    assert rows[2]["dropped"] == ["hungary"] and rows[2]["exchanges"] == 2
+    # S3: lost after its masked update: its update still counts; hungary re-ran setup first
+    assert rows[3]["contributors"] == list(FOUR) and rows[3]["exchanges"] == 4
+    # S4: poisoned aggregate rejected, previous model kept
+    assert "aggregate rejected" in rows[4]["reason"]
+    # S5: fewer than t survivors: aborted cleanly with the reason
+    assert "can be unmasked" in rows[5]["reason"] and "previous global model is kept" in rows[5]["reason"]
+    assert rows[6]["contributors"] == list(FOUR) and rows[6]["exchanges"] == 4
     events = [e["event"] for e in _audit(run_dir)]
     assert "aggregate_rejected" in events and events.count("round_failed") == 2
-    # the global model was kept: no checkpoint for rounds 4 and 5
+    assert "secagg_aborted" in events and "secagg_dropped" in events
+    # the global model was kept: no checkpoint for rounds 5 and 6
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.npz"))
-    assert ckpts == ["round-0001.npz", "round-0002.npz", "round-0003.npz", "round-0006.npz"]
+    assert ckpts == [f"round-000{r}.npz" for r in (1, 2, 3, 4, 7)]
     verify_run(run_dir)
 
 
