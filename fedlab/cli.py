@@ -115,7 +115,8 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
     run_dir, summary = run_server(args.kit, out=args.out, listen=args.listen,
                                   state_dir=args.state, rounds=args.rounds,
-                                  timeout=args.timeout, status=_print)
+                                  timeout=args.timeout, status=_print,
+                                  new_run=args.new_run)
     print_table(summary)
     print(run_dir)
     return 0
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--rounds", type=int, help="override federation.rounds")
     sv.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="give up if the run has not finished after this long")
+    sv.add_argument("--new-run", action="store_true",
+                    help="start a new run even if the last one was interrupted (default: "
+                         "resume it after its last checkpoint)")
     sv.set_defaults(func=_cmd_server)
 
     cl = sub.add_parser("client", help="run this lab's node next to its private data",

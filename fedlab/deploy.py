@@ -425,10 +425,23 @@ class _Watch:
                         f"aggregated")
 
 
+def interrupted_run(runs_parent: Path) -> Path | None:
+    """The newest run folder under ``runs_parent`` that started but never finished (it
+    has an audit log but no summary.json), or None."""
+    if not runs_parent.is_dir():
+        return None
+    candidates = [p for p in runs_parent.iterdir()
+                  if (p / "audit.jsonl").exists() and not (p / "summary.json").exists()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p / "audit.jsonl").stat().st_mtime).resolve()
+
+
 def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: str | None = None,
                state_dir: str | Path | None = None, rounds: int | None = None, timeout: float | None = None,
                status: Status = _log_status,
-               on_poll: Callable[[], None] | None = None) -> tuple[Path, dict[str, Any]]:
+               on_poll: Callable[[], None] | None = None,
+               new_run: bool = False) -> tuple[Path, dict[str, Any]]:
     """Serve one federation run from a server kit; returns (run folder, summary).
 
     ``on_poll()`` is called about four times a second while the run goes on (it may
@@ -460,7 +473,14 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
     home = state / "flwr-home"
     write_flwr_config(home, where.connect, kit.ca_cert_path)
     env = flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL})
-    run_dir = new_run_dir(Path(out) if out else kit_dir / "runs", cfg.name).resolve()
+    runs_parent = Path(out) if out else kit_dir / "runs"
+    resume_dir = None if new_run else interrupted_run(runs_parent)
+    if resume_dir is not None:
+        run_dir = resume_dir
+        status(f"resuming the interrupted run {run_dir.name} after its last checkpoint "
+               "(--new-run starts afresh)")
+    else:
+        run_dir = new_run_dir(runs_parent, cfg.name).resolve()
     become_subreaper()
     superlink = None
     with _sigterm_interrupts():
@@ -483,7 +503,7 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
                       config_where=str(kit.config_path), base_dir=str(kit_dir),
                       run_dir=str(run_dir), labs=tuple(active),
                       roster={e.name: e.identity_public.hex() for e in kit.roster.active()},
-                      overrides=overrides)
+                      overrides=overrides, resume=resume_dir is not None)
             job_path = run_dir / "job.json"
             job.save(job_path)
             watch = _Watch(run_dir, active, cfg.min_labs, cfg.rounds, status)
