@@ -1,0 +1,2 @@
+"""Stock Flower + TensorFlow app (quickstart style) used as the baseline of
+``benchmarks/simulation.py``."""
