@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def _started_under(tmp_path: Path) -> list[str]:
 
 def test_short_simulation_end_to_end(tmp_path):
     t0 = time.time()
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    # A short private TMPDIR (Ray's socket paths live under it and must stay < 108 bytes):
+    # everything the CLI starts carries FLWR_HOME under it, so leftovers can be found.
+    short = Path(tempfile.mkdtemp(prefix="fl", dir="/tmp"))
+    env = dict(os.environ, TMPDIR=str(short))
     proc = subprocess.run([*FEDLAB, "simulate", "--rounds", "3", "--out", str(tmp_path),
                            "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -67,7 +71,8 @@ def test_short_simulation_end_to_end(tmp_path):
     assert "Test accuracy" in proc.stdout and "pooled" in proc.stdout
     # nothing left behind: no SuperLink, SuperExec, simulation or Ray process
     time.sleep(1)
-    assert _started_under(tmp_path) == []
+    assert _started_under(short) == []
+    shutil.rmtree(short, ignore_errors=True)
     assert time.time() - t0 < 300
 
 
