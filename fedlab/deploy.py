@@ -452,6 +452,7 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
         APP_DIR,
         become_subreaper,
         flower_env,
+        free_port,
         run_flwr,
         stop_all_descendants,
         wait_for_port,
@@ -471,7 +472,6 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
     state = Path(state_dir).resolve() if state_dir else kit_dir / "state"
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     home = state / "flwr-home"
-    write_flwr_config(home, where.connect, kit.ca_cert_path)
     env = flower_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL})
     runs_parent = Path(out) if out else kit_dir / "runs"
     resume_dir = None if new_run else interrupted_run(runs_parent)
@@ -485,20 +485,32 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
     superlink = None
     with _sigterm_interrupts():
         try:
-            superlink = spawn(
-                ["flower-superlink", "--ssl-ca-certfile", str(kit.ca_cert_path),
-                 "--ssl-certfile", str(kit.cert_path), "--ssl-keyfile", str(kit.key_path),
-                 "--host", where.host, "--port", str(where.port), "--enable-supernode-auth",
-                 "--database", str(state / "superlink.db"),
-                 "--disable-runtime-dependency-installation"],
-                env=env, log_path=run_dir / "superlink.log", cwd=state)
-            c_host, c_port = _split_address(where.connect, "connect")
-            wait_for_port(c_host, c_port, 300, superlink, "the SuperLink")
-            status(f"server of federation {kit.federation} listening on {where.bind} (TLS); "
-                   f"labs connect to {cfg.server.address}")
+            def start_superlink(host: str, port: int, connect: str) -> subprocess.Popen[bytes]:
+                write_flwr_config(home, connect, kit.ca_cert_path)
+                proc = spawn(
+                    ["flower-superlink", "--ssl-ca-certfile", str(kit.ca_cert_path),
+                     "--ssl-certfile", str(kit.cert_path), "--ssl-keyfile", str(kit.key_path),
+                     "--host", host, "--port", str(port), "--enable-supernode-auth",
+                     "--database", str(state / "superlink.db"),
+                     "--disable-runtime-dependency-installation"],
+                    env=env, log_path=run_dir / "superlink.log", cwd=state)
+                c_host, c_port = _split_address(connect, "connect")
+                wait_for_port(c_host, c_port, 300, proc, "the SuperLink")
+                return proc
+
+            # First the registrations, on a loopback port no lab knows; the labs' port
+            # opens only once exactly the roster's labs are admitted, so a lab that is
+            # early is never refused for a key that was about to be registered.
+            local = "127.0.0.1" if "127.0.0.1" in kit.server_hosts else where.connect.rpartition(":")[0]
+            private = free_port(local)
+            superlink = start_superlink(local, private, f"{local}:{private}")
             nodes = sync_registrations(kit, state, env, status)
             status(f"{len(nodes)} lab keys registered: {', '.join(sorted(nodes))}")
             _stop_stale_runs(env, status)
+            stop(superlink)
+            superlink = start_superlink(where.host, where.port, where.connect)
+            status(f"server of federation {kit.federation} listening on {where.bind} (TLS); "
+                   f"labs connect to {cfg.server.address}")
             job = Job(mode="deployment", config_toml=cfg.to_toml(),
                       config_where=str(kit.config_path), base_dir=str(kit_dir),
                       run_dir=str(run_dir), labs=tuple(active),
@@ -587,6 +599,8 @@ class _Node:
     started_at: float = 0.0
     connected: bool = False
     unreachable_said: bool = False
+    sending_final: bool = False
+    finals_sent: int = 0  # final-evaluation replies the SuperNode handed to the server
     lines: list[str] = field(default_factory=list)
 
 
@@ -641,6 +655,7 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                    f"at {kit.server_address}")
             ready: dict[str, Any] | None = None
             finished = 0
+            last_final = 0.0
             while True:
                 if ready is None:
                     ready = _worker_ready(worker, work / "worker.ready", logs / "worker.log")
@@ -668,7 +683,11 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                         status(msg)
                         if "the run is over for this lab" in msg:
                             finished += 1
-                if runs and finished >= runs:
+                            last_final = time.monotonic()
+                # A run is over for this lab once its last reply has left the SuperNode
+                # (or, should that never show, a minute after the worker answered).
+                if runs and (node.finals_sent >= runs
+                             or (finished >= runs and time.monotonic() - last_final > 60)):
                     status(f"{finished} run(s) finished; stopping")
                     return 0
                 if worker.poll() is not None:
@@ -753,11 +772,16 @@ def _follow_node(node: _Node, status: Status, address: str) -> None:
                    f"{line.rsplit(':', 1)[1].strip()})")
         elif "Connection attempt failed" in line and not node.unreachable_said:
             node.unreachable_said = True
-            node.connected = False
             status(f"the server at {address} is not reachable; retrying (the worker stays warm)")
         elif "Connection successful after" in line and node.unreachable_said:
             node.unreachable_said = False
-            status(f"reconnected to the server at {address}")
+            if node.connected:
+                status(f"reconnected to the server at {address}")
+        elif "Sending: evaluate.final" in line:
+            node.sending_final = True
+        elif "Sent successfully" in line and node.sending_final:
+            node.sending_final = False
+            node.finals_sent += 1
 
 
 # ------------------------------------------------------------------------------ demo

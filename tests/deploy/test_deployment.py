@@ -39,7 +39,7 @@ class Deployment:
         self.env = env_for(root)
         self.address = f"127.0.0.1:{free_port()}"
         (root / "federation.toml").write_text(
-            federation_toml(self.address, secure=SECURE, stage_timeout=30))
+            federation_toml(self.address, secure=SECURE, stage_timeout=60))
         self.fed = root / "federation"
         self.labs: dict[str, Proc] = {}
         self.n = 0
