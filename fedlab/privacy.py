@@ -220,7 +220,9 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                               f"{d} over {steps} steps; raise epsilon or delta, or take fewer steps")
     if lo == 0.0:  # bracket the lower end (epsilon explodes as the noise goes to 0)
         lo = hi / 2
-        while lo > 1e-3 and eps(lo) <= target:
+        while eps(lo) <= target:
+            if lo < 1e-4:
+                return lo  # verified: even this little noise stays within the target
             hi, lo = lo, lo / 2
     while hi - lo > 1e-3 * hi:
         mid = 0.5 * (lo + hi)
