@@ -78,9 +78,9 @@ class LabPrivacy:
       budget. Before each round the lab checks that the round's steps stay within its
       budget, and refuses the round (and every later one) if not.
     - ``lab``: each update is clipped to L2 norm ``clip`` and carries Gaussian noise of
-      std ``noise_multiplier * clip / sqrt(n_labs)``; the securely aggregated sum (labs
-      weighted equally) carries the full noise. Accounted as the Gaussian mechanism once
-      per round. If labs drop out, the sum carries less noise than planned.
+      std ``noise_multiplier * clip / sqrt(min_labs)``; the securely aggregated sum (labs
+      weighted equally) of at least min_labs labs carries at least the full noise.
+      Accounted as the Gaussian mechanism once per round.
     """
 
     def __init__(self, cfg: FederationConfig, num_train: int, n_labs: int) -> None:
@@ -93,7 +93,9 @@ class LabPrivacy:
         self.ledger: Any = None
         self.rounds = 0
         self.epsilon = 0.0
-        self.n_labs = max(1, n_labs)
+        # Lab-level noise is split as if only min_labs labs contributed: the fewest a round
+        # can aggregate, so the sum never carries less noise than planned when labs drop.
+        self.n_labs = max(1, min(n_labs, cfg.min_labs))
         if self.mode == "record":
             from fedlab.training import dp_steps
 
@@ -107,7 +109,10 @@ class LabPrivacy:
                                            noise_multiplier=self.noise_multiplier,
                                            sample_rate=q, accountant=p.accountant)
         elif self.mode == "lab" and self.noise_multiplier <= 0:
-            self.noise_multiplier = _calibrate_lab_level(p.epsilon, p.delta, cfg.rounds)
+            # One Gaussian mechanism per round on the sum, every lab every round: the
+            # record-level calibration with sampling rate 1 and one step per round.
+            self.noise_multiplier = dp.calibrate_noise(p.epsilon, p.delta, 1.0, cfg.rounds,
+                                                       p.accountant)
 
     def counters(self) -> dict[str, int]:
         return {"steps": self.ledger.steps if self.ledger is not None else 0,
@@ -155,27 +160,6 @@ class LabPrivacy:
             metrics["epsilon"] = float(self.epsilon)
             metrics["noise-multiplier"] = float(self.noise_multiplier)
         return update
-
-
-def _calibrate_lab_level(epsilon: float, delta: float, rounds: int) -> float:
-    """Smallest noise multiplier (3 significant digits) whose lab-level accounting over
-    ``rounds`` stays within ``epsilon``."""
-    from fedlab import privacy as dp
-
-    lo, hi = 0.05, 1.0
-    while dp.epsilon_spent_lab_level(hi, rounds, delta) > epsilon:
-        hi *= 2
-        if hi > 1e6:
-            raise ProtocolError(f"no noise level reaches epsilon {epsilon} over {rounds} rounds")
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if dp.epsilon_spent_lab_level(mid, rounds, delta) > epsilon:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-3 * hi:
-            break
-    return hi
 
 
 class LabWorker:

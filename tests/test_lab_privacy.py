@@ -66,7 +66,7 @@ def test_lab_level_clips_and_noises_each_update():
     out = lab.after_round(big, metrics)
     assert metrics["weight"] == 1 and metrics["epsilon"] > 0
     noise = out - dp.clip_update(big, 0.5)
-    expected = lab.noise_multiplier * 0.5 / np.sqrt(4)
+    expected = lab.noise_multiplier * 0.5 / np.sqrt(cfg.min_labs)
     assert abs(np.std(noise) - expected) < 0.05 * expected
 
 
