@@ -269,6 +269,7 @@ class WorkerServer:
         self.lab = lab_worker
         self.socket_path = Path(socket_path)
         self.states: dict[str, bytes | None] = {}  # run id -> secure-aggregation state
+        self.recent: dict[bytes, dict[str, Any]] = {}  # request digest -> the answer given
         self.finished_runs = 0
         self.sock: socket.socket | None = None
 
@@ -347,6 +348,15 @@ class WorkerServer:
         if vector is not None and not isinstance(vector, np.ndarray):
             raise ProtocolError("request vector must be an array")
         run = str(cfg.get("run", ""))
+        # Flower may run one message twice: when a ClientApp process starts too slowly its
+        # task is handed to a second process while the first one still runs. Answering the
+        # same request again from the new state would change the lab's secure-aggregation
+        # state behind the server's back, so a repeated request gets the same answer.
+        key = request_digest(kind, cfg, vector)
+        if key in self.recent:
+            log.info("run %s: %s request repeated by Flower; the same answer is sent again",
+                     run, kind)
+            return self.recent[key]
         t0 = time.perf_counter()
         reply: Reply = self.lab.handle(kind, cfg, vector, self.states.get(run))
         if reply.state is not None:
@@ -362,8 +372,28 @@ class WorkerServer:
             log.info("run %s: final evaluation sent; the run is over for this lab", run)
         elif kind == "hello":
             log.info("run %s: joined", run)
-        return {"ok": True, "meta": reply.meta, "metrics": reply.metrics,
-                "vector": reply.vector}
+        res = {"ok": True, "meta": reply.meta, "metrics": reply.metrics, "vector": reply.vector}
+        self.recent[key] = res
+        while len(self.recent) > 16:
+            self.recent.pop(next(iter(self.recent)))
+        return res
+
+
+def request_digest(kind: str, cfg: Mapping[str, Any], vector: np.ndarray | None) -> bytes:
+    """SHA-256 of a request's kind, small values (canonical JSON) and vector bytes."""
+    import hashlib
+
+    body = _Body()
+    head = json.dumps([kind, _enc(dict(cfg), body)], sort_keys=True, separators=(",", ":"),
+                      allow_nan=True)
+    h = hashlib.sha256(head.encode())
+    for part in body.parts:
+        h.update(part)
+    if vector is not None:
+        arr = np.ascontiguousarray(vector)
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.digest()
 
 
 def _die_with_parent() -> None:

@@ -419,7 +419,8 @@ class _Watch:
         elif kind == "round_failed":
             self.status(f"round {ev.get('round')}/{self.rounds} failed: {ev.get('reason')}")
         elif kind in ("rejected", "lab_error"):
-            self.status(f"round {ev.get('round')}: lab {ev.get('lab')}: {ev.get('reason')}")
+            when = f"round {ev['round']}" if ev.get("round") is not None else "setup"
+            self.status(f"{when}: lab {ev.get('lab')}: {ev.get('reason')}")
         elif kind == "run_finished":
             self.status(f"run finished: {ev.get('rounds_completed')}/{self.rounds} rounds "
                         f"aggregated")

@@ -103,7 +103,7 @@ def test_four_labs_refusals_dropout_and_rejoin(dep):
 
     for h in HOSPITALS:
         dep.labs[h] = dep.lab(h)
-    server.wait_for(r"round 1/\d+ done", 400)
+    server.wait_for(r"round \d+/\d+ done", 600)
 
     # Kill one lab (SIGKILL of `fedlab client`: its worker and SuperNode follow it) while
     # two labs the server does not know try to join.

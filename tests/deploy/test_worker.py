@@ -84,6 +84,17 @@ def test_roundtrip_keeps_state_in_the_worker(served):
     assert srv.states == {"r1": b"state-2", "r2": b"state-3"}
 
 
+def test_a_repeated_request_gets_the_same_answer_and_keeps_the_state(served):
+    srv, lab, path = served
+    cfg = {"run": "r1", "round": 2, "stage": "share", "blob": b"\x01"}
+    first = w.call_worker(path, "share", cfg, np.ones(3, np.float32))
+    again = w.call_worker(path, "share", dict(reversed(list(cfg.items()))), np.ones(3, np.float32))
+    assert again.meta == first.meta and np.array_equal(again.vector, first.vector)
+    assert len(lab.seen_states) == 1 and srv.states == {"r1": b"state-1"}
+    w.call_worker(path, "share", {**cfg, "round": 3}, np.ones(3, np.float32))  # a new request
+    assert len(lab.seen_states) == 2 and srv.states == {"r1": b"state-2"}
+
+
 def test_errors_travel_as_fedlab_errors(served):
     _, _, path = served
     with pytest.raises(ProtocolError, match="refused on purpose"):
