@@ -88,6 +88,14 @@ class FederationServer:
         self.job = job
         self.cfg: FederationConfig = job.config()
         self.run_id = Path(job.run_dir).name
+        if job.resume:
+            # A resumed run talks to labs that may still hold protocol state (keys, seeds,
+            # privacy counters) of the interrupted incarnation under the same name: give it
+            # a name of its own so every lab starts fresh sessions and no signature or
+            # share of the old incarnation can be replayed into the new one.
+            audit = Path(job.run_dir) / "audit.jsonl"
+            starts = audit.read_text().count('"event": "run_started"') if audit.exists() else 0
+            self.run_id = f"{self.run_id}.{starts}"
         self.folder = RunFolder(job.run_dir)
         self.roster = roster_from_hex(job.roster)
         self.labs = Labs()

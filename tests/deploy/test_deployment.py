@@ -91,8 +91,12 @@ def test_four_labs_refusals_dropout_and_rejoin(dep):
     server = dep.server("--rounds", str(rounds), "--timeout", "900")
     server.wait_for(r"4 lab keys registered", 240)
 
-    # A lab added after the server started: its key is not registered with this server.
-    add = dep.run(["provision", "--out", str(dep.fed), "--add-lab", "newcomer"], "add-lab")
+    # A lab whose kit is signed by this federation's CA but that is not in the roster the
+    # server runs with (issued from a copy of the coordinator's folder): its node key is
+    # not registered with this server.
+    forged = dep.root / "forged"
+    shutil.copytree(dep.fed, forged, ignore=shutil.ignore_patterns("state"))
+    add = dep.run(["provision", "--out", str(forged), "--add-lab", "intruder"], "add-lab")
     assert add.wait(60) == 0, add.text()
     # A kit of another federation (own CA, own keys) for the same address.
     other = dep.root / "other"
@@ -108,14 +112,14 @@ def test_four_labs_refusals_dropout_and_rejoin(dep):
     # Kill one lab (SIGKILL of `fedlab client`: its worker and SuperNode follow it) while
     # two labs the server does not know try to join.
     dep.labs["va"].stop(signal.SIGKILL)
-    newcomer = dep.lab("newcomer", data_of="cleveland")
+    intruder = dep.lab("intruder", kit=forged / "labs" / "intruder", data_of="cleveland")
     foreign = dep.lab("cleveland", kit=other / "fed" / "labs" / "cleveland")
     server.wait_for(r"dropped: [a-z, ]*va", 180)
     dep.labs["va"] = dep.lab("va")  # the lab comes back and rejoins the same run
 
-    assert newcomer.wait(240) == 3, newcomer.text()
-    assert "not registered at the server" in newcomer.text()
-    assert "Traceback" not in newcomer.text()
+    assert intruder.wait(240) == 3, intruder.text()
+    assert "not registered at the server" in intruder.text()
+    assert "Traceback" not in intruder.text()
     assert foreign.wait(240) == 3, foreign.text()
     assert "does not trust" in foreign.text() and "another federation" in foreign.text()
 
@@ -131,20 +135,26 @@ def test_four_labs_refusals_dropout_and_rejoin(dep):
     assert any("va" in c for c in contributors[missing_va[0]:]), contributors  # ... and va rejoined
     assert all(len(c) >= 3 for c in contributors), contributors
     audit = (run_dir / "audit.jsonl").read_text()
-    assert "newcomer" not in audit
+    assert "intruder" not in audit
     assert "Test accuracy" in server.text()
 
 
 def test_restarted_server_admits_a_new_lab_and_refuses_a_revoked_one(dep):
-    # Labs cleveland, hungary, switzerland and va keep running from the previous test: they
-    # reconnect to the restarted server (same state folder, same node ids).
+    # The coordinator adds a lab and revokes va; the new roster lands in every kit folder.
+    # Labs cleveland, hungary and switzerland keep running from the previous test: they
+    # reconnect to the restarted server (same state folder, same node ids) and take the
+    # new roster for the new run.
     old_va = dep.root / "va-old-kit"
     shutil.copytree(dep.fed / "labs" / "va", old_va)
+    add = dep.run(["provision", "--out", str(dep.fed), "--add-lab", "newcomer"], "add-lab")
+    assert add.wait(60) == 0, add.text()
     rev = dep.run(["provision", "--out", str(dep.fed), "--revoke-lab", "va"], "revoke")
     assert rev.wait(60) == 0, rev.text()
     dep.labs.pop("va").stop()
 
-    server = dep.server("--rounds", "2", "--timeout", "400")
+    # --new-run: a fresh run even if the previous test left its run unfinished (by
+    # default a restarted server resumes its kit's interrupted run).
+    server = dep.server("--rounds", "2", "--timeout", "400", "--new-run")
     server.wait_for(r"lab va: SuperNode key unregistered", 240)
     dep.labs["newcomer"] = dep.lab("newcomer", data_of="va")  # admitted now
 
