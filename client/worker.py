@@ -265,9 +265,11 @@ def ping(socket_path: str, timeout: float = 5.0) -> dict[str, Any]:
 class WorkerServer:
     """Answers ``handle`` calls for one lab over a Unix socket, one at a time."""
 
-    def __init__(self, lab_worker: Any, socket_path: Path) -> None:
+    def __init__(self, lab_worker: Any, socket_path: Path, kit: Any = None) -> None:
         self.lab = lab_worker
         self.socket_path = Path(socket_path)
+        self.roster = RosterWatch(kit) if kit is not None else None
+        self.runs_seen: set[str] = set()
         self.states: dict[str, bytes | None] = {}  # run id -> secure-aggregation state
         self.recent: dict[bytes, dict[str, Any]] = {}  # request digest -> the answer given
         self.finished_runs = 0
@@ -348,6 +350,13 @@ class WorkerServer:
         if vector is not None and not isinstance(vector, np.ndarray):
             raise ProtocolError("request vector must be an array")
         run = str(cfg.get("run", ""))
+        if self.roster is not None and run not in self.runs_seen:
+            # A new run: take the roster the coordinator may have sent since (a lab added or
+            # revoked); never in the middle of a run, whose secure session it fixes.
+            self.runs_seen.add(run)
+            keys = self.roster.refresh()
+            if keys is not None:
+                self.lab.roster = keys
         # Flower may run one message twice: when a ClientApp process starts too slowly its
         # task is handed to a second process while the first one still runs. Answering the
         # same request again from the new state would change the lab's secure-aggregation
@@ -377,6 +386,52 @@ class WorkerServer:
         while len(self.recent) > 16:
             self.recent.pop(next(iter(self.recent)))
         return res
+
+
+class RosterWatch:
+    """Notices a new roster.json/roster.sig in the kit and loads it (signature checked;
+    an older version than the one in use is refused)."""
+
+    def __init__(self, kit: Any) -> None:
+        self.path = Path(kit.roster_path)
+        self.ca = Path(kit.ca_cert_path)
+        self.lab = str(kit.name)
+        self.version = int(kit.roster.version)
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int]:
+        try:
+            a, b = self.path.stat(), self.path.with_name("roster.sig").stat()
+        except OSError:
+            return (0, 0, 0)
+        return (a.st_mtime_ns, b.st_mtime_ns, a.st_size)
+
+    def refresh(self) -> dict[str, Any] | None:
+        """The active labs' identity keys of a newer roster, or None if nothing changed."""
+        from fedlab.pki import load_roster
+
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return None
+        try:
+            roster = load_roster(self.path, self.ca)
+        except FedlabError as exc:  # e.g. roster.json copied, roster.sig not yet
+            log.warning("the kit's roster changed but cannot be used yet: %s", exc)
+            return None
+        self.stamp = stamp
+        if roster.version < self.version:
+            log.warning("refused roster version %d: this lab already uses version %d",
+                        roster.version, self.version)
+            return None
+        if roster.version == self.version:
+            return None
+        self.version = roster.version
+        entry = roster.get(self.lab)
+        if entry is None or entry.revoked:
+            log.warning("roster version %d no longer admits lab %s", roster.version, self.lab)
+        log.info("roster version %d in use (active labs: %s)", roster.version,
+                 ", ".join(e.name for e in roster.active()))
+        return dict(roster.identity_keys())
 
 
 def request_digest(kind: str, cfg: Mapping[str, Any], vector: np.ndarray | None) -> bytes:
@@ -413,7 +468,9 @@ def build_lab_worker(kit_dir: Path, data_path: Path) -> Any:
     kit = load_lab_kit(kit_dir)
     cfg = load_config(kit.config_path)
     data = load_lab(cfg, kit.name, data_path)
-    return LabWorker(cfg, kit.name, data, kit.identity_key, kit.roster.identity_keys())
+    worker = LabWorker(cfg, kit.name, data, kit.identity_key, kit.roster.identity_keys())
+    worker.kit = kit
+    return worker
 
 
 def warm_up(worker: Any) -> None:
@@ -436,7 +493,7 @@ def serve(kit_dir: Path, data_path: Path, socket_path: Path, parent_pid: int | N
     t0 = time.perf_counter()
     worker = build_lab_worker(kit_dir, data_path)
     warm_up(worker)
-    server = WorkerServer(worker, socket_path)
+    server = WorkerServer(worker, socket_path, getattr(worker, "kit", None))
     server.bind()
     if ready_file is not None:
         info = {"lab": worker.lab, "pid": os.getpid(), "num-train": int(len(worker.data.y_train)),

@@ -165,3 +165,33 @@ def test_clientapp_path_imports_no_tensorflow():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_new_roster_is_taken_at_the_next_run_only(tmp_path):
+    from fedlab import pki
+
+    res = pki.provision(tmp_path / "fed", federation="f", labs=["alpha", "beta", "gamma"],
+                        server_hosts=["127.0.0.1"], server_address="127.0.0.1:9",
+                        config_text="")
+    kit = pki.load_lab_kit(res.lab_kits["alpha"])
+    lab = FakeLab()
+    lab.roster = dict(kit.roster.identity_keys())
+    folder = Path(tempfile.mkdtemp(prefix="fl-w-"))
+    srv = w.WorkerServer(lab, folder / "w.sock", kit)
+    srv.answer({"op": "handle", "kind": "hello", "cfg": {"run": "r1"}})
+    pki.revoke_lab(tmp_path / "fed", "gamma")  # writes roster v2 into alpha's kit too
+    srv.answer({"op": "handle", "kind": "round", "cfg": {"run": "r1", "round": 1}})
+    assert set(lab.roster) == {"alpha", "beta", "gamma"}  # not in the middle of run r1
+    srv.answer({"op": "handle", "kind": "hello", "cfg": {"run": "r2"}})
+    assert set(lab.roster) == {"alpha", "beta"}
+    assert srv.roster.version == 2
+    # a roster that is not newer than the one in use is ignored
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("roster.json", "roster.sig"):
+        (old / name).write_bytes((res.lab_kits["beta"] / name).read_bytes())
+    pki.add_lab(tmp_path / "fed", "delta")  # v3 everywhere ...
+    for name in ("roster.json", "roster.sig"):  # ... but alpha gets v2 back
+        (res.lab_kits["alpha"] / name).write_bytes((old / name).read_bytes())
+    srv.answer({"op": "handle", "kind": "hello", "cfg": {"run": "r3"}})
+    assert set(lab.roster) == {"alpha", "beta"} and srv.roster.version == 2
