@@ -462,6 +462,9 @@ def run_server(kit_dir: str | Path, *, out: str | Path | None = None, listen: st
     from fedlab.runs import new_run_dir
 
     kit_dir = Path(kit_dir).resolve()
+    if (kit_dir / "lab.toml").is_file():
+        raise KitError(f"{kit_dir} is a lab kit; a lab starts with `fedlab client {kit_dir} "
+                       "--data FILE`, the server needs the server kit (server/)")
     kit = load_server_kit(kit_dir)
     overrides: dict[str, object] = {"rounds": rounds} if rounds is not None else {}
     cfg = apply_overrides(load_config(kit.config_path), overrides)
@@ -581,6 +584,9 @@ def check_lab_data(kit_dir: str | Path, data: str | Path) -> tuple[Any, Any, Any
     from fedlab.pki import load_lab_kit
     from fedlab.task import schema_for
 
+    if (Path(kit_dir) / "server.pem").is_file():
+        raise KitError(f"{kit_dir} is the server kit; the server starts with `fedlab server "
+                       f"{kit_dir}`, a lab needs its own lab kit (labs/<name>/)")
     kit = load_lab_kit(Path(kit_dir))
     cfg = load_config(kit.config_path)
     path = Path(data)
