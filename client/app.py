@@ -124,3 +124,8 @@ def unmask(msg: Message, context: Context) -> Message:
 @app.evaluate("final")
 def final(msg: Message, context: Context) -> Message:
     return _handle("final", msg, context)
+
+
+@app.query("done")
+def done(msg: Message, context: Context) -> Message:
+    return _handle("done", msg, context)

@@ -243,6 +243,8 @@ class LabWorker:
             reply = self.hello(run_id)
         elif kind == "final":
             reply = self.final(self._model(vector))
+        elif kind == "done":  # the server has every lab's final evaluation
+            reply = Reply(meta={"lab": self.lab})
         elif kind == "round" and not cfg.get("secure", False):
             reply = self.plain_round(run_id, int(cfg["round"]), self._model(vector))
         elif kind in ("setup", "share", "round", "unmask"):

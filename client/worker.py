@@ -376,9 +376,12 @@ class WorkerServer:
         if kind == "round":
             log.info("run %s round %s: answered in %.2f s", run, cfg.get("round"), secs)
         elif kind == "final":
-            self.finished_runs += 1
             self.states.pop(run, None)
-            log.info("run %s: final evaluation sent; the run is over for this lab", run)
+            log.info("run %s: final evaluation sent", run)
+        elif kind == "done":
+            self.finished_runs += 1
+            log.info("run %s: the server has every final evaluation; the run is over for this "
+                     "lab", run)
         elif kind == "hello":
             log.info("run %s: joined", run)
         res = {"ok": True, "meta": reply.meta, "metrics": reply.metrics, "vector": reply.vector}

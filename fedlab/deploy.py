@@ -606,8 +606,8 @@ class _Node:
     started_at: float = 0.0
     connected: bool = False
     unreachable_said: bool = False
-    sending_final: bool = False
-    finals_sent: int = 0  # final-evaluation replies the SuperNode handed to the server
+    sending_done: bool = False
+    dones_sent: int = 0  # answers to the server's "run is over" the SuperNode handed over
     lines: list[str] = field(default_factory=list)
 
 
@@ -662,7 +662,9 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                    f"at {kit.server_address}")
             ready: dict[str, Any] | None = None
             finished = 0
+            finals = 0
             last_final = 0.0
+            done_at = 0.0
             while True:
                 if ready is None:
                     ready = _worker_ready(worker, work / "worker.ready", logs / "worker.log")
@@ -690,11 +692,19 @@ def run_client(kit_dir: str | Path, data: str | Path, *, runs: int = 0,
                         status(msg)
                         if "the run is over for this lab" in msg:
                             finished += 1
+                            done_at = time.monotonic()
+                        elif "final evaluation sent" in msg:
+                            finals += 1
                             last_final = time.monotonic()
-                # A run is over for this lab once its last reply has left the SuperNode
-                # (or, should that never show, a minute after the worker answered).
-                if runs and (node.finals_sent >= runs
-                             or (finished >= runs and time.monotonic() - last_final > 60)):
+                # A run is over for this lab once the server says it has every final
+                # evaluation (stopping the node earlier could lose this lab's: see
+                # server.federation.FederationServer.say_done) and the node has sent its
+                # answer to that (stopping it half-way through a reply leaves Flower's
+                # server retrying its content), or, should that word never come (a server
+                # that died after the final evaluation), two minutes after it.
+                if runs and ((finished >= runs and (node.dones_sent >= runs
+                                                    or time.monotonic() - done_at > 30))
+                             or (finals >= runs and time.monotonic() - last_final > 120)):
                     status(f"{finished} run(s) finished; stopping")
                     return 0
                 if worker.poll() is not None:
@@ -780,15 +790,15 @@ def _follow_node(node: _Node, status: Status, address: str) -> None:
         elif "Connection attempt failed" in line and not node.unreachable_said:
             node.unreachable_said = True
             status(f"the server at {address} is not reachable; retrying (the worker stays warm)")
+        elif "Sending: query.done" in line:
+            node.sending_done = True
+        elif "Sent successfully" in line and node.sending_done:
+            node.sending_done = False
+            node.dones_sent += 1
         elif "Connection successful after" in line and node.unreachable_said:
             node.unreachable_said = False
             if node.connected:
                 status(f"reconnected to the server at {address}")
-        elif "Sending: evaluate.final" in line:
-            node.sending_final = True
-        elif "Sent successfully" in line and node.sending_final:
-            node.sending_final = False
-            node.finals_sent += 1
 
 
 # ------------------------------------------------------------------------------ demo

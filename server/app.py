@@ -160,6 +160,8 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
                       reason=outcome.reason)
 
     final = srv.final_evaluation(global_vec)
+    if job.mode == "deployment":
+        srv.say_done()
     for lab, m in sorted(final.items()):
         folder.metric(kind="eval", round=cfg.rounds, lab=lab, loss=m.get("test-loss"),
                       accuracy=m.get("test-accuracy"), examples=m.get("test-examples"))

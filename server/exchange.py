@@ -10,6 +10,7 @@ dropped. Nothing waits forever.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from flwr.serverapp import Grid
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02
+PULL_GRACE = 5.0  # a pull under way may finish this long after the deadline
 
 
 @dataclass
@@ -28,6 +30,29 @@ class ExchangeResult:
     errors: dict[int, str] = field(default_factory=dict)  # node id -> error reported by the node
     missing: set[int] = field(default_factory=set)  # no reply before the deadline
     seconds: float = 0.0
+
+
+def _pull(grid: Grid, ids: list[str], until: float) -> list[Message] | None:
+    """``grid.pull_messages(ids)``, given up at monotonic time ``until`` (None then).
+
+    Flower fetches a reply's content after its header, retrying for up to an hour and a
+    half when the content is not there, which happens when a node is stopped between the
+    two. The pull runs in a daemon thread so that such a reply cannot hold the run."""
+    box: list[list[Message]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(list(grid.pull_messages(ids)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="fedlab-pull", daemon=True)
+    thread.start()
+    thread.join(max(0.0, until - time.monotonic()))
+    if errors:
+        raise errors[0]
+    return box[0] if box else None
 
 
 def exchange(grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float,
@@ -48,7 +73,13 @@ def exchange(grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout
     deadline = t0 + timeout
     interval = POLL_SECONDS
     while pending:
-        for reply in grid.pull_messages(list(pending)):
+        replies = _pull(grid, list(pending), deadline + PULL_GRACE)
+        if replies is None:
+            log.warning("a reply started to arrive but its content never did (its node went "
+                        "away while sending); counting the %d unanswered node(s) as dropped",
+                        len(pending))
+            break
+        for reply in replies:
             node_id = pending.pop(reply.metadata.reply_to_message_id, None)
             if node_id is None:
                 continue

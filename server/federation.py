@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 HELLO = "query.hello"
 ROUND = "train.round"
 FINAL = "evaluate.final"
+DONE = "query.done"
 
 
 @dataclass
@@ -265,7 +266,24 @@ class FederationServer:
             lab = self.labs.lab_of(node)
             if lab is not None and "metrics" in reply.content:
                 out[lab] = dict(reply.content["metrics"])
+        for node, why in sorted(res.errors.items()):
+            log.warning("lab %s: no final evaluation (%s)", self.labs.lab_of(node), why)
+        for node in sorted(res.missing):
+            log.warning("lab %s: no final evaluation within %.0f s", self.labs.lab_of(node),
+                        self.timeout)
         return out
+
+    def say_done(self, timeout: float = 20.0) -> None:
+        """Tell every lab that the run is over, after the final evaluation is in.
+
+        A lab started for a number of runs stops its node on this message, not on the final
+        evaluation it answered: Flower's SuperLink answers a pull for a reply whose node has
+        gone offline with "node unavailable" even when the reply itself has arrived, so a
+        lab that stopped right after sending its final evaluation could lose it. The labs'
+        answers to this message carry nothing; one that never comes is harmless."""
+        reqs = {node: (DONE, RecordDict({"cfg": ConfigRecord({"run": self.run_id})}))
+                for node in self.labs.node_of.values()}
+        exchange(self.grid, reqs, timeout=min(timeout, self.timeout))
 
 
 def pooled(rows: Iterable[dict[str, Any]], prefix: str = "test") -> dict[str, float]:
