@@ -22,7 +22,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.lab import Reply
+from client.reply import Reply
 from fedlab import codec
 from fedlab.errors import ConfigError
 
@@ -129,3 +129,9 @@ def final(msg: Message, context: Context) -> Message:
 @app.query("done")
 def done(msg: Message, context: Context) -> Message:
     return _handle("done", msg, context)
+
+
+@app.query("prep")
+def prep(msg: Message, context: Context) -> Message:
+    """Federated preprocessing before round 1 (client.prep)."""
+    return _handle("prep", msg, context)

@@ -7,7 +7,9 @@ long-lived worker process and the ClientApp hands it every message.
 
 Secure-aggregation state (keys, shares, revealed neighbours) is not kept here: it is
 passed in and out with each call (``state``), so it survives whichever process
-Flower uses for the next message.
+Flower uses for the next message. So are the results of the run's federated
+preprocessing (:mod:`fedlab.prep`): the worker keeps the lab's raw data (``raw``) and
+trains on ``data``, the raw data through the results the state carries.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from client.reply import Reply
 from fedlab import codec
 from fedlab.config import FederationConfig
 from fedlab.data import LabData
@@ -31,42 +34,68 @@ from fedlab.updates import digest_update
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Reply:
-    """What a lab sends back: small values, an optional vector, optional protocol bytes."""
-
-    meta: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float | int] = field(default_factory=dict)
-    vector: np.ndarray | None = None
-    state: bytes | None = None  # secure-aggregation state to keep for the next message
+__all__ = ["LabState", "LabWorker", "Reply", "SyntheticLabWorker", "pack_state",
+           "unpack_lab_state", "unpack_state"]
 
 
 _STATE_MAGIC = b"FLS1"
 
 
-def pack_state(secagg: bytes | None, counters: Mapping[str, int]) -> bytes:
+@dataclass
+class LabState:
+    """What a lab keeps between messages of one run (see :func:`pack_state`)."""
+
+    secagg: bytes | None = None  # the training rounds' secure-aggregation session
+    counters: dict[str, int] = field(default_factory=dict)  # privacy counters
+    prep_secagg: bytes | None = None  # the preprocessing sum's own session (while it runs)
+    prep: bytes | None = None  # the federation's preprocessing results (canonical JSON)
+    prep_sha: str = ""  # their SHA-256 (hex)
+
+
+def pack_state(secagg: bytes | None, counters: Mapping[str, int], *,
+               prep_secagg: bytes | None = None, prep: bytes | None = None,
+               prep_sha: str = "") -> bytes:
     """The lab's state between messages: privacy counters + the (encrypted) secure-
-    aggregation session. Kept by whoever serves the lab (Flower's node state in
-    simulation, the warm worker in deployment), so the privacy budget is counted once
-    per lab whichever process trains it."""
-    head = json.dumps({"dp": dict(counters), "secagg": secagg is not None}).encode()
-    return _STATE_MAGIC + len(head).to_bytes(4, "big") + head + (secagg or b"")
+    aggregation session(s) + the preprocessing results. Kept by whoever serves the lab
+    (Flower's node state in simulation, the warm worker in deployment), so the privacy
+    budget is counted once per lab whichever process trains it."""
+    parts = [secagg or b"", prep_secagg or b"", prep or b""]
+    head = json.dumps({"dp": dict(counters), "secagg": secagg is not None,
+                       "prep_secagg": prep_secagg is not None, "prep": prep is not None,
+                       "prep_sha": prep_sha, "sizes": [len(x) for x in parts]}).encode()
+    return _STATE_MAGIC + len(head).to_bytes(4, "big") + head + b"".join(parts)
 
 
-def unpack_state(state: bytes | None) -> tuple[bytes | None, dict[str, int]]:
+def unpack_lab_state(state: bytes | None) -> LabState:
     if not state:
-        return None, {}
+        return LabState()
     if not state.startswith(_STATE_MAGIC) or len(state) < 8:
         raise ProtocolError("the lab's saved state is not fedlab's; start the lab afresh")
     n = int.from_bytes(state[4:8], "big")
+    body = state[8 + n:]
     try:
         head = json.loads(state[8:8 + n])
         counters = {str(k): int(v) for k, v in dict(head["dp"]).items()}
-        has_secagg = bool(head["secagg"])
+        has = [bool(head["secagg"]), bool(head.get("prep_secagg")), bool(head.get("prep"))]
+        sizes = [int(x) for x in head.get("sizes", [len(body), 0, 0])]
+        prep_sha = str(head.get("prep_sha", ""))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"the lab's saved state is damaged ({exc})") from exc
-    return (state[8 + n:] if has_secagg else None), counters
+    if len(sizes) != 3 or sum(sizes) != len(body) or min(sizes) < 0:
+        raise ProtocolError("the lab's saved state is damaged (its parts do not add up)")
+    parts: list[bytes | None] = []
+    at = 0
+    for present, size in zip(has, sizes, strict=True):
+        parts.append(body[at:at + size] if present else None)
+        at += size
+    return LabState(secagg=parts[0], counters=counters, prep_secagg=parts[1], prep=parts[2],
+                    prep_sha=prep_sha if parts[2] is not None else "")
+
+
+def unpack_state(state: bytes | None) -> tuple[bytes | None, dict[str, int]]:
+    """The training session and the privacy counters of a saved state."""
+    st = unpack_lab_state(state)
+    return st.secagg, st.counters
 
 
 class LabPrivacy:
@@ -163,16 +192,28 @@ class LabPrivacy:
 
 
 class LabWorker:
-    """One lab: data, model, identity; answers the server's requests."""
+    """One lab: data, model, identity; answers the server's requests.
 
-    def __init__(self, cfg: FederationConfig, lab: str, data: LabData,
+    ``data`` is what the lab's loader gave (``fedlab.task.load_lab``): a :class:`LabData`,
+    or for a text data set a :class:`~fedlab.data.text.TextLab`. It is kept as ``raw``;
+    the lab trains and evaluates on ``data``, which is ``raw`` itself when the run has no
+    federated preprocessing, else ``raw`` through the run's preprocessing results."""
+
+    prep_steps: tuple[str, ...] = ()  # the run's federated preprocessing steps
+    raw: Any = None
+    _prep_sha = ""  # the preprocessing results ``data`` was made with ("" = none)
+
+    def __init__(self, cfg: FederationConfig, lab: str, data: LabData | Any,
                  identity: Ed25519PrivateKey, roster: Mapping[str, Any]) -> None:
+        from fedlab.prep import steps_for
         from fedlab.task import task_shape
         from fedlab.training import LocalTrainer
 
         self.cfg = cfg
         self.lab = lab
+        self.raw = data
         self.data = data
+        self.prep_steps = steps_for(cfg)
         self.identity = identity
         self.roster = dict(roster)
         shape = task_shape(cfg)
@@ -237,10 +278,18 @@ class LabWorker:
         values; ``vector`` the model it carries; ``state`` the lab's secure-aggregation state
         from the previous message (None at first)."""
         run_id = str(cfg.get("run", ""))
-        secagg_state, counters = unpack_state(state)
-        self.privacy.load(counters)
+        st = unpack_lab_state(state)
+        secagg_state = st.secagg
+        self.privacy.load(st.counters)
+        self._use_prep(st)
+        if kind in ("round", "final"):
+            self._check_prep(cfg, st)
         if kind == "hello":
             reply = self.hello(run_id)
+        elif kind == "prep":
+            from client.prep import handle_prep
+
+            reply = handle_prep(self, cfg, st)
         elif kind == "final":
             reply = self.final(self._model(vector))
         elif kind == "done":  # the server has every lab's final evaluation
@@ -254,8 +303,45 @@ class LabWorker:
             secagg_state = reply.state
         else:
             raise ProtocolError(f"lab {self.lab}: unknown request {kind!r} from the server")
-        reply.state = pack_state(secagg_state, self.privacy.counters())
+        reply.state = pack_state(secagg_state, self.privacy.counters(),
+                                 prep_secagg=st.prep_secagg, prep=st.prep, prep_sha=st.prep_sha)
         return reply
+
+    # -- federated preprocessing -----------------------------------------------------------
+    def _use_prep(self, st: LabState) -> None:
+        """Make ``data`` the raw data through the results ``st`` carries (none: raw)."""
+        if st.prep_sha == self._prep_sha:
+            return
+        if st.prep is None:
+            self.data, self._prep_sha = self.raw, ""
+            return
+        from fedlab import prep
+
+        results = prep.parse_blob(st.prep, st.prep_sha, self.lab)
+        self.data = prep.apply_results(self.cfg, self.raw, results, self.lab)
+        self._prep_sha = st.prep_sha
+        log.info("lab %s: preprocessing %s applied (results %s...)", self.lab,
+                 ", ".join(results), st.prep_sha[:12])
+
+    def _check_prep(self, cfg: Mapping[str, Any], st: LabState) -> None:
+        """Before training or evaluating: take the results a message carries, and refuse
+        to work on data preprocessed otherwise than the server says."""
+        want = str(cfg.get("prep-sha", ""))
+        blob = cfg.get("prep")
+        if want and want != self._prep_sha and isinstance(blob, bytes):
+            st.prep, st.prep_sha = blob, want
+            self._use_prep(st)
+        if want == self._prep_sha and (want or not self.prep_steps):
+            return
+        if not want:
+            raise ProtocolError(
+                f"lab {self.lab}: this lab's config preprocesses with {list(self.prep_steps)} "
+                "but the server sent no preprocessing results; the lab and the server must use "
+                "the same federation.toml")
+        raise ProtocolError(
+            f"lab {self.lab}: the federation trains on data preprocessed with results "
+            f"{want[:12]}..., which this lab does not hold (it restarted during the run?); "
+            "the server sends them again with the lab's next round")
 
     def _model(self, vector: np.ndarray | None) -> np.ndarray:
         if vector is None:

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from client.lab import Reply
+from client.reply import Reply
 from fedlab.errors import (
     ConfigError,
     DataError,
@@ -482,8 +482,8 @@ def warm_up(worker: Any) -> None:
     Harmless: every round sets the weights and resets the optimizer before training."""
     trainer = getattr(worker, "trainer", None)
     data = getattr(worker, "data", None)
-    if trainer is None or data is None or not len(data.y_train):
-        return
+    if trainer is None or getattr(data, "x_train", None) is None or not len(data.y_train):
+        return  # nothing to train on yet (e.g. texts waiting for the federated vocabulary)
     k = min(len(data.y_train), trainer.training.batch_size)
     weights = trainer.get_weights()
     trainer.fit(weights, data.x_train[:k], data.y_train[:k], epochs=1)

@@ -157,11 +157,14 @@ def test_references_are_checked():
 
 
 def test_clientapp_path_imports_no_tensorflow():
+    """Flower starts a process per message in deployment: its imports are paid each time,
+    so it loads neither TensorFlow nor the lab's data, configuration or key handling."""
     import subprocess
     import sys
 
     code = ("import sys, client.app, client.worker; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras') "
+            "or m in ('client.lab', 'fedlab.config', 'fedlab.data', 'fedlab.secure')]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
