@@ -128,6 +128,7 @@ def stock_flower(work: Path, fed: Path, address: str, jobs: list[dict[str, Any]]
 
 
 def fedlab_run(work: Path, rounds: int, secure: bool) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
     cfg = work / "federation.toml"
     cfg.write_text(config_text(address, rounds, secure))

@@ -108,6 +108,62 @@ class Watch:
                 "other_users_cores": other_cores(self.snap)}
 
 
+class CpuSampler:
+    """Samples the CPU seconds (user + system) of this process's descendants (Flower, Ray,
+    the actors) every ``interval`` seconds, so each round's CPU cost can be read off
+    between its start and end timestamps. CPU seconds, unlike wall seconds, barely change
+    when other users share the cores."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def _cpu(self) -> float:
+        from fedlab.launch import descendants
+
+        total = 0.0
+        for pid in descendants(os.getpid()):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            total += (float(fields[11]) + float(fields[12])) / self._hz
+        t = os.times()
+        return total + t.children_user + t.children_system
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), self._cpu()))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, when: float) -> float | None:
+        """Descendants' CPU seconds at wall time ``when`` (linear between samples)."""
+        pts = self.samples
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:], strict=False):
+            if t0 <= when <= t1:
+                return c0 + (c1 - c0) * ((when - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return None
+
+    def between(self, start: float, end: float) -> float | None:
+        a, b = self.at(start), self.at(end)
+        return None if a is None or b is None else max(0.0, b - a)
+
+
 def steady(rounds: list[float]) -> float:
     """Median of rounds 2..R (round 1 starts Ray, the actors and, when secure, runs setup)."""
     return float(statistics.median(rounds[1:])) if len(rounds) > 1 else float("nan")
@@ -424,19 +480,22 @@ def run_fedlab(params: int, n: int, rounds: int, plain: bool, out: Path,
     from fedlab.simulate import simulate
 
     t0 = time.perf_counter()
-    run_dir, summary = simulate(None, out, plain=plain, rounds=rounds, progress=False,
-                                timeout=timeout, synthetic_params=params, synthetic_labs=n)
+    with CpuSampler() as cpu:
+        run_dir, summary = simulate(None, out, plain=plain, rounds=rounds, progress=False,
+                                    timeout=timeout, synthetic_params=params, synthetic_labs=n)
     wall = time.perf_counter() - t0
     res: dict[str, Any] = {"rounds_s": summary["seconds"]["rounds"], "wall_s": r4(wall),
                            "rounds_completed": summary.get("rounds_completed"),
                            "run_dir": str(run_dir)}
     res.update(fedlab_bytes(run_dir, rounds))
-    exchanges = []
+    exchanges, windows = [], []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row.get("kind") == "round":
             exchanges.append(row.get("exchanges"))
+            windows.append((float(row["time"]) - float(row["seconds"]), float(row["time"])))
     res["exchanges_per_round"] = exchanges
+    res["round_cpu_s"] = [cpu.between(a, b) for a, b in windows]
     return res
 
 
@@ -461,7 +520,7 @@ def run_stock(params: int, n: int, rounds: int, secagg: bool, work: Path,
     sl_dir.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}-flower.log"
     t0 = time.perf_counter()
-    with simulation_superlink(sl_dir) as (conn, env):
+    with CpuSampler() as cpu, simulation_superlink(sl_dir) as (conn, env):
         rc = run_flwr(STOCK_APP, conn, env, job_path=job_path,
                       federation_config=f"num-supernodes={n} client-resources-num-cpus=1",
                       log_path=log_path, timeout=timeout)
@@ -510,6 +569,7 @@ def run_stock(params: int, n: int, rounds: int, secagg: bool, work: Path,
             if int(row.get("group", 0) or 0) >= 2:
                 lab_stage.setdefault(row["stage"], []).append(float(row["s"]))
     return {"rounds_s": rounds_s, "wall_s": r4(wall), "num_shares": num_shares,
+            "round_cpu_s": [cpu.between(stamps[r - 1], stamps[r]) for r in range(1, rounds + 1)],
             "reconstruction_threshold": threshold,
             "exchange_s": {s: r4(statistics.median(v)) for s, v in stage_s.items()},
             "server_between_exchanges_s": r4(statistics.median(server_s)) if server_s else None,
@@ -527,8 +587,12 @@ def run_flower(system: str, params: int, n: int, rounds: int, work: Path,
     else:
         res = run_stock(params, n, rounds, system == "stock-secagg", work, timeout)
     rounds_s = [r4(s) for s in res.pop("rounds_s")]
+    cpu_s = [None if c is None else round(c, 3) for c in res.pop("round_cpu_s")]
+    steady_cpu = [c for c in cpu_s[1:] if c is not None]
     row = {"part": "flower", "system": system, "params": params, "labs": n, "k": k, "t": t,
-           "rounds": rounds, "steady_round_s": r4(steady(rounds_s)), "round_s": rounds_s, **res}
+           "rounds": rounds, "steady_round_s": r4(steady(rounds_s)), "round_s": rounds_s,
+           "steady_round_cpu_s": round(statistics.median(steady_cpu), 3) if steady_cpu else None,
+           "round_cpu_s": cpu_s, **res}
     if row.get("bytes_per_lab"):
         row["bytes_per_lab_over_float32"] = round(row["bytes_per_lab"] / (4 * params), 5)
     row.update(watch.fields())
@@ -560,9 +624,13 @@ def ratios_and_goals(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
     gp, gn = GOAL_CONFIG
     flower: dict[tuple[int, int], dict[str, float]] = {}
     bytes_over: dict[tuple[int, int], float] = {}
+    flower_cpu: dict[tuple[int, int], dict[str, float]] = {}
     for row in rows:
         if row.get("part") == "flower" and "steady_round_s" in row:
             flower.setdefault((row["params"], row["labs"]), {})[row["system"]] = row["steady_round_s"]
+            if row.get("steady_round_cpu_s"):
+                flower_cpu.setdefault((row["params"], row["labs"]), {})[row["system"]] = \
+                    row["steady_round_cpu_s"]
             if row["system"] == "fedlab-secure" and row.get("bytes_per_lab_over_float32"):
                 bytes_over[(row["params"], row["labs"])] = row["bytes_per_lab_over_float32"]
     for (p, n), s in sorted(flower.items()):
@@ -572,6 +640,9 @@ def ratios_and_goals(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
                      ("stock-secagg", "stock-plain"), ("stock-plain", "fedlab-plain")):
             if a in s and b in s and s[b] > 0:
                 r[f"{a}/{b}"] = r3(s[a] / s[b])
+            c = flower_cpu.get((p, n), {})
+            if a in c and b in c and c[b] > 0:
+                r[f"{a}/{b} (CPU s)"] = r3(c[a] / c[b])
         if (p, n) in bytes_over:
             r["fedlab-secure bytes/lab / float32 model"] = bytes_over[(p, n)]
         ratios[key] = r

@@ -116,6 +116,69 @@ def other_load(before: tuple[float, float, float]) -> float:
         if wall > 0 else 0.0
 
 
+class TreeCpu:
+    """CPU seconds used by this process and all its descendants (Flower, Ray, actors),
+    sampled every ``interval`` seconds in a thread, so CPU per round can be read off the
+    rounds' wall-clock boundaries. Under other users' load, wall time depends on the
+    share of the cores each system gets; CPU seconds per round do much less."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import threading
+
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._hz = os.sysconf("SC_CLK_TCK")
+
+    def _tree_cpu(self) -> float:
+        from fedlab.launch import descendants
+
+        total = 0.0
+        for pid in (os.getpid(), *descendants(os.getpid())):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            # utime, stime, and the reaped children's cutime, cstime
+            total += sum(float(v) for v in fields[11:15]) / self._hz
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            own = time.thread_time()  # the sampler's own CPU is not the system's
+            cpu = self._tree_cpu()
+            self._overhead = getattr(self, "_overhead", 0.0) + time.thread_time() - own
+            self.samples.append((time.time(), cpu - self._overhead))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, t: float) -> float:
+        """CPU seconds at wall time ``t`` (linear between samples)."""
+        import bisect
+
+        ts = [x for x, _ in self.samples]
+        i = bisect.bisect_left(ts, t)
+        if i <= 0:
+            return self.samples[0][1]
+        if i >= len(ts):
+            return self.samples[-1][1]
+        (t0, c0), (t1, c1) = self.samples[i - 1], self.samples[i]
+        return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
+
+    def per_round(self, bounds: list[tuple[float, float]]) -> list[float]:
+        return [round(self.at(b) - self.at(a), 3) for a, b in bounds]
+
+
 def emit(row: dict[str, Any]) -> None:
     print(json.dumps(row), flush=True)
 
@@ -130,25 +193,35 @@ def run_sequential_job(config_path: Path) -> dict[str, Any]:
     cfg = load_config(config_path)
     labs = [load_simulation_lab(cfg, i) for i in range(len(simulation_labs(cfg)))]
     by_rows = {id(lab.x_train): lab for lab in labs}
+    first, last = id(labs[0].x_train), id(labs[-1].x_train)
+    cpu_start: list[float] = []
+    cpu_end: list[float] = []
 
     class EvaluateThenFit(LocalTrainer):
         """What a fedlab lab does per round (client/lab.py LabWorker.train): evaluate the
         received model on its test (and validation) rows, then train from it."""
 
         def fit(self, weights: Any, x: Any, y: Any, **kw: Any) -> Any:  # type: ignore[override]
+            if id(x) == first:
+                cpu_start.append(time.process_time())
             lab = by_rows[id(x)]
             self.evaluate(weights, lab.x_test, lab.y_test)
             if len(lab.y_val):
                 self.evaluate(None, lab.x_val, lab.y_val)
-            return super().fit(weights, x, y, **kw)
+            out = super().fit(weights, x, y, **kw)
+            if id(x) == last:
+                cpu_end.append(time.process_time())
+            return out
 
     shape = task_shape(cfg)
     trainer = EvaluateThenFit(cfg.model, shape.num_features, shape.num_classes, cfg.training,
                               cfg.strategy, seed=cfg.seed)
     t0 = time.perf_counter()
     hist = run_sequential(cfg, labs, evaluate=True, trainer=trainer)
+    cpu = [round(b - a, 3) for a, b in zip(cpu_start, cpu_end, strict=True)]
     return {"rounds_s": hist.round_seconds, "wall_s": time.perf_counter() - t0,
-            "accuracy": hist.test_accuracy[-1] if hist.test_accuracy else None}
+            "accuracy": hist.test_accuracy[-1] if hist.test_accuracy else None,
+            "cpu_s": cpu, "steady_cpu_s": steady(cpu)}
 
 
 # -- 2. fedlab ----------------------------------------------------------------------------
@@ -156,18 +229,24 @@ def run_fedlab(config_path: Path, out: Path, *, plain: bool, timeout: float) -> 
     from fedlab.simulate import simulate
 
     t0 = time.perf_counter()
-    run_dir, summary = simulate(str(config_path), out, plain=plain, progress=False,
-                                timeout=timeout)
+    with TreeCpu() as cpu:
+        run_dir, summary = simulate(str(config_path), out, plain=plain, progress=False,
+                                    timeout=timeout)
     wall = time.perf_counter() - t0
+    bounds: list[tuple[float, float]] = []
     # Per round: the slowest lab's and the summed local fit seconds (from metrics.jsonl).
     fit: dict[int, list[float]] = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
         if row.get("kind") == "train" and row.get("seconds") is not None:
             fit.setdefault(int(row["round"]), []).append(float(row["seconds"]))
+        if row.get("kind") == "round":
+            bounds.append((float(row["time"]) - float(row["seconds"]), float(row["time"])))
+    per_round_cpu = cpu.per_round(bounds)
     return {"rounds_s": summary["seconds"]["rounds"], "wall_s": wall,
             "accuracy": summary["federated"]["pooled_test"]["accuracy"],
             "fit_s_sum": [round(sum(fit.get(r, [])), 4) for r in sorted(fit)],
+            "cpu_s": per_round_cpu, "steady_cpu_s": steady(per_round_cpu),
             "run_dir": str(run_dir)}
 
 
@@ -187,7 +266,7 @@ def run_stock(config_path: Path, work: Path, labs: int, *, cache_model: bool,
     sl_dir.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}-flower.log"
     t0 = time.perf_counter()
-    with simulation_superlink(sl_dir) as (conn, env):
+    with TreeCpu() as cpu, simulation_superlink(sl_dir) as (conn, env):
         rc = run_flwr(STOCK_APP, conn, env, job_path=job_path,
                       federation_config=f"num-supernodes={labs} client-resources-num-cpus=1",
                       log_path=log_path, timeout=timeout)
@@ -206,8 +285,11 @@ def run_stock(config_path: Path, work: Path, labs: int, *, cache_model: bool,
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise RunError(f"the stock app did not finish (flwr run exit code {rc}); {log_path}:\n"
                        + tail)
+    per_round_cpu = cpu.per_round([(stamps[r - 1], stamps[r]) for r in range(1, len(stamps))
+                                   if r - 1 in stamps])
     return {"rounds_s": rounds, "wall_s": wall,
-            "accuracy": acc.get(str(len(rounds)), acc.get(len(rounds)))}  # type: ignore[call-overload]
+            "accuracy": acc.get(str(len(rounds)), acc.get(len(rounds))),  # type: ignore[call-overload]
+            "cpu_s": per_round_cpu, "steady_cpu_s": steady(per_round_cpu)}
 
 
 def run_system(system: str, config_path: Path, work: Path, args: argparse.Namespace
@@ -267,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     emit({"event": "start", **job, "cpus": os.cpu_count(), "loadavg": load_start,
           "workdir": str(work)})
     steadies: dict[str, list[float]] = {}
+    cpu_steadies: dict[str, list[float]] = {}
     try:
         for rep in range(1, args.repeat + 1):
             for system in systems:
@@ -280,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rounds = [round(s, 4) for s in res.pop("rounds_s")]
                 steadies.setdefault(system, []).append(steady(rounds))
+                if res.get("steady_cpu_s") is not None:
+                    cpu_steadies.setdefault(system, []).append(res["steady_cpu_s"])
                 emit({"system": system, "rep": rep, **job,
                       "steady_round_s": round(steadies[system][-1], 4), "round_s": rounds,
                       **{k: (round(v, 4) if isinstance(v, float) else v)
@@ -291,10 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     # Over repetitions: the median of each system's steady round.
     steady_of = {k: float(statistics.median(v)) for k, v in steadies.items()}
+    cpu_of = {k: float(statistics.median(v)) for k, v in cpu_steadies.items()}
 
-    def ratio(a: str, b: str) -> float | None:
-        if a in steady_of and b in steady_of and steady_of[b] > 0:
-            return round(steady_of[a] / steady_of[b], 3)
+    def ratio(a: str, b: str, of: dict[str, float] = steady_of) -> float | None:
+        if a in of and b in of and of[b] > 0:
+            return round(of[a] / of[b], 3)
         return None
 
     ratios = {"stock/fedlab": ratio("stock", "fedlab"),
@@ -302,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
               "stock-cached/fedlab": ratio("stock-cached", "fedlab"),
               "fedlab-secure/fedlab": ratio("fedlab-secure", "fedlab")}
     ratios = {k: v for k, v in ratios.items() if v is not None}
+    cpu_ratios = {"stock/fedlab": ratio("stock", "fedlab", cpu_of),
+                  "fedlab/sequential": ratio("fedlab", "sequential", cpu_of)}
+    cpu_ratios = {k: v for k, v in cpu_ratios.items() if v is not None}
     goals = {}
     if "stock/fedlab" in ratios:
         goals["stock/fedlab >= 5"] = ratios["stock/fedlab"] >= 5.0
@@ -314,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     busy = load_start[0] > 0.5 * (os.cpu_count() or 1) or others > 0.25
     emit({"event": "ratios", **job, "repeat": args.repeat,
           "steady_round_s": {k: round(v, 4) for k, v in steady_of.items()},
-          "ratios": ratios, "goals": goals, "loadavg_start": load_start,
+          "ratios": ratios, "goals": goals,
+          "steady_cpu_s": {k: round(v, 4) for k, v in cpu_of.items()}, "cpu_ratios": cpu_ratios,
+          "loadavg_start": load_start,
           "loadavg_end": load_end, "other_users_cores": others,
           "note": ("machine was busy (other users' processes ran meanwhile): re-run when idle"
                    if busy else "machine quiet")})
