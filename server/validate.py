@@ -8,6 +8,8 @@ lab and the reason; a rejected aggregate keeps the previous global model.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Per-round update norms of the built-in models stay far below this; a lab sending
@@ -24,10 +26,16 @@ def check_vector(vec: np.ndarray, *, length: int, dtype: np.dtype | type = np.fl
         return f"dtype {vec.dtype}, expected {np.dtype(dtype)}"
     if vec.ndim != 1 or vec.size != length:
         return f"shape {vec.shape}, expected ({length},)"
-    if not np.all(np.isfinite(vec)):
+    # One pass: the dot product is NaN or infinite exactly when a value is, or when the
+    # norm overflows the dtype (and is then far above any bound). No float64 copy.
+    sq = float(np.dot(vec, vec)) if vec.dtype.kind == "f" else float(
+        np.dot(vec.astype(np.float64), vec.astype(np.float64)))
+    if not math.isfinite(sq):
         bad = int(np.size(vec) - np.count_nonzero(np.isfinite(vec)))
-        return f"{bad} value(s) are NaN or infinite"
-    norm = float(np.linalg.norm(vec.astype(np.float64)))
+        if bad:
+            return f"{bad} value(s) are NaN or infinite"
+        return f"L2 norm overflows {vec.dtype}: far above the bound {max_norm:.3g}"
+    norm = math.sqrt(sq)
     if norm > max_norm:
         return f"L2 norm {norm:.3g} exceeds the bound {max_norm:.3g}"
     return None
