@@ -28,8 +28,9 @@ def check_vector(vec: np.ndarray, *, length: int, dtype: np.dtype | type = np.fl
         return f"shape {vec.shape}, expected ({length},)"
     # One pass: the dot product is NaN or infinite exactly when a value is, or when the
     # norm overflows the dtype (and is then far above any bound). No float64 copy.
-    sq = float(np.dot(vec, vec)) if vec.dtype.kind == "f" else float(
-        np.dot(vec.astype(np.float64), vec.astype(np.float64)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = float(np.dot(vec, vec)) if vec.dtype.kind == "f" else float(
+            np.dot(vec.astype(np.float64), vec.astype(np.float64)))
     if not math.isfinite(sq):
         bad = int(np.size(vec) - np.count_nonzero(np.isfinite(vec)))
         if bad:
