@@ -22,6 +22,7 @@ import numpy as np
 
 from benchmarks.sequential import run_sequential
 from fedlab.config import StrategyConfig, TrainingConfig, default_config
+from fedlab.prep import prepare_locally
 from fedlab.task import load_lab
 
 
@@ -46,7 +47,8 @@ def main() -> None:
                 strategy=StrategyConfig(name=strategy, mu=0.01 if strategy == "fedprox" else 0.0,
                                         server_learning_rate=slr),
                 data=dataclasses.replace(base.data, validation_fraction=0.2))
-            labs = [load_lab(cfg, name) for name in cfg.lab_names()]
+            # The run's federated preprocessing (standardisation), computed in the clear.
+            labs, _ = prepare_locally(cfg, [load_lab(cfg, name) for name in cfg.lab_names()])
             h = run_sequential(cfg, labs)
             vals.append(np.mean(h.val_accuracy[-args.window:]))
             tests.append(h.test_accuracy[-1])

@@ -63,6 +63,13 @@ def _local_worker(context: Context) -> object:
             worker = SyntheticLabWorker(cfg, lab, job.synthetic_params, identity, roster)
         else:
             worker = LabWorker(cfg, lab, load_simulation_lab(cfg, index), identity, roster)
+        if cfg.privacy.mode != "off":
+            # Each virtual lab's own record of its privacy spending, in the run folder (all
+            # labs are this one machine): a resumed run continues from it (fedlab.ledger).
+            from fedlab.ledger import LedgerStore
+
+            worker.ledger_store = LedgerStore(Path(job.run_dir) / "privacy", cfg.name,
+                                              per_run_folder=True)
         _WORKERS[key] = worker
     return worker
 

@@ -29,6 +29,7 @@ from fedlab import codec
 from fedlab.config import FederationConfig
 from fedlab.data import LabData
 from fedlab.errors import ProtocolError
+from fedlab.ledger import LabLedger, LedgerStore
 from fedlab.secure import signing
 from fedlab.updates import digest_update
 
@@ -147,22 +148,37 @@ class LabPrivacy:
         return {"steps": self.ledger.steps if self.ledger is not None else 0,
                 "rounds": self.rounds}
 
-    def load(self, counters: Mapping[str, int]) -> None:
-        """Take over what this lab has spent so far (from its saved state)."""
+    def params(self) -> dict[str, Any]:
+        """What the counters are spent with (kept in the lab's ledger, fedlab.ledger)."""
+        p = self.cfg.privacy
+        return {"mode": self.mode, "noise_multiplier": float(self.noise_multiplier),
+                "sample_rate": float(self.ledger.sample_rate) if self.ledger is not None
+                else None, "delta": float(p.delta), "accountant": p.accountant}
+
+    def epsilon_for(self, counters: Mapping[str, int]) -> float:
+        """The epsilon that ``counters`` (steps, rounds) amount to."""
         from fedlab import privacy as dp
 
+        p = self.cfg.privacy
+        if self.ledger is not None:
+            steps = int(counters.get("steps", 0))
+            return (dp.epsilon_spent(self.noise_multiplier, self.ledger.sample_rate, steps,
+                                     self.ledger.delta, self.ledger.accountant) if steps else 0.0)
+        rounds = int(counters.get("rounds", 0))
+        if self.mode == "lab" and rounds:
+            return dp.epsilon_spent_lab_level(self.noise_multiplier, rounds, p.delta,
+                                              p.accountant)
+        return 0.0
+
+    def load(self, counters: Mapping[str, int]) -> None:
+        """Take over what this lab has spent so far (from its saved state and its ledger)."""
         self.rounds = int(counters.get("rounds", 0))
         if self.ledger is not None:
             self.ledger.steps = int(counters.get("steps", 0))
-            self.ledger.epsilon = (dp.epsilon_spent(self.noise_multiplier,
-                                                    self.ledger.sample_rate, self.ledger.steps,
-                                                    self.ledger.delta, self.ledger.accountant)
-                                   if self.ledger.steps else 0.0)
+            self.ledger.epsilon = self.epsilon_for(counters)
             self.epsilon = self.ledger.epsilon
-        elif self.mode == "lab" and self.rounds:
-            self.epsilon = dp.epsilon_spent_lab_level(self.noise_multiplier, self.rounds,
-                                                      self.cfg.privacy.delta,
-                                                      self.cfg.privacy.accountant)
+        else:
+            self.epsilon = self.epsilon_for(counters)
 
     def before_round(self, lab: str, round_: int) -> None:
         if self.ledger is not None and not self.ledger.allows(self.steps_per_round):
@@ -201,6 +217,9 @@ class LabWorker:
 
     prep_steps: tuple[str, ...] = ()  # the run's federated preprocessing steps
     raw: Any = None
+    # Where the lab keeps its own record of the privacy it has spent (fedlab.ledger); None:
+    # nowhere but the state it carries (unit tests, benchmarks).
+    ledger_store: LedgerStore | None = None
     _prep_sha = ""  # the preprocessing results ``data`` was made with ("" = none)
 
     def __init__(self, cfg: FederationConfig, lab: str, data: LabData | Any,
@@ -280,7 +299,11 @@ class LabWorker:
         run_id = str(cfg.get("run", ""))
         st = unpack_lab_state(state)
         secagg_state = st.secagg
-        self.privacy.load(st.counters)
+        ledger = self._privacy_ledger(run_id)
+        counters = st.counters if ledger is None else ledger.merge(st.counters,
+                                                                   self.privacy.params())
+        self.privacy.load(counters)
+        spent_before = self.privacy.counters()
         self._use_prep(st)
         if kind in ("round", "final"):
             self._check_prep(cfg, st)
@@ -303,9 +326,20 @@ class LabWorker:
             secagg_state = reply.state
         else:
             raise ProtocolError(f"lab {self.lab}: unknown request {kind!r} from the server")
-        reply.state = pack_state(secagg_state, self.privacy.counters(),
+        spent = self.privacy.counters()
+        if ledger is not None and spent != spent_before:
+            # Before the update leaves the lab: if this fails, the reply is an error.
+            ledger.add(spent_before, spent, self.privacy.params(), self.privacy.epsilon,
+                       self.privacy.epsilon_for, run_id=run_id, round_=int(cfg.get("round", 0)))
+        reply.state = pack_state(secagg_state, spent,
                                  prep_secagg=st.prep_secagg, prep=st.prep, prep_sha=st.prep_sha)
         return reply
+
+    def _privacy_ledger(self, run_id: str) -> LabLedger | None:
+        """This lab's privacy ledger for the run (None: DP off, or no ledger kept)."""
+        if self.ledger_store is None or self.privacy.mode == "off" or not run_id:
+            return None
+        return self.ledger_store.ledger(run_id, self.lab)
 
     # -- federated preprocessing -----------------------------------------------------------
     def _use_prep(self, st: LabState) -> None:

@@ -16,7 +16,9 @@ peer's user id (``SO_PEERCRED``) on every connection.
 Secure-aggregation state (mask keys, shares, revealed neighbours) stays in the
 worker: it passes the state of the current run to ``handle`` and keeps
 ``reply.state``; the ClientApp never receives it, so keys never enter a process
-Flower starts.
+Flower starts. With differential privacy on, the lab's spent privacy is also kept in
+a ledger file of the worker's (``<kit>/state/privacy/``, see :mod:`fedlab.ledger`),
+so a resumed run (a new run id) or a restarted worker continues from it.
 
 Wire format (no pickle; both directions)::
 
@@ -473,6 +475,13 @@ def build_lab_worker(kit_dir: Path, data_path: Path) -> Any:
     data = load_lab(cfg, kit.name, data_path)
     worker = LabWorker(cfg, kit.name, data, kit.identity_key, kit.roster.identity_keys())
     worker.kit = kit
+    if cfg.privacy.mode != "off":
+        # The lab's own record of the privacy it has spent per run, which survives a
+        # resumed run (new run id) and a restart of this worker (fedlab.ledger).
+        from fedlab.ledger import LedgerStore
+
+        worker.ledger_store = LedgerStore(Path(kit_dir) / "state" / "privacy", kit.federation)
+        worker.ledger_store.prepare()
     return worker
 
 

@@ -32,8 +32,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
     from fedlab.config import default_config, load_config
-    from fedlab.data.check import check_file
-    from fedlab.task import schema_for
+    from fedlab.task import check_lab_file
 
     cfg_path = args.config
     if cfg_path is not None and (Path(cfg_path) / "lab.toml").is_file():  # a lab kit folder
@@ -47,7 +46,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     if cfg_path is not None and Path(cfg_path).is_dir():
         cfg_path = str(Path(cfg_path) / "federation.toml")
     cfg = load_config(cfg_path) if cfg_path else default_config()
-    report = check_file(Path(args.data), schema_for(cfg))
+    report = check_lab_file(cfg, Path(args.data))
     print(report.format())
     print(f"OK: {args.data} matches the data schema of federation {cfg.name!r}")
     return 0

@@ -23,10 +23,14 @@ from fedlab.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 OPTIMIZERS = ("sgd", "adam")
-BUILTIN_MODELS = ("logistic", "mlp")
+BUILTIN_MODELS = ("logistic", "mlp", "text")
 PARTITIONS = ("natural", "iid", "dirichlet")
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
-BUILTIN_DATASETS = ("heart-disease",)
+BUILTIN_DATASETS = ("heart-disease", "rotten-tomatoes")
+STANDARDIZE = ("federated", "range")
+# Chosen on validation rows (tests/test_prep.py, README "Federated preprocessing").
+DEFAULT_STANDARDIZE = "federated"
+TEXT_DATASETS = ("rotten-tomatoes",)  # labelled texts: token ids through a federated vocabulary
 LAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MODEL_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -60,6 +64,12 @@ class ModelConfig:
     name: str = "logistic"
     hidden: tuple[int, ...] = (32,)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The text model: token ids (padded to sequence_length) -> Embedding(vocab_size + 2 rows,
+    # embedding_dim) -> average -> Dense sigmoid. vocab_size is also how many buckets the
+    # federated vocabulary selects.
+    embedding_dim: int = 16
+    sequence_length: int = 40
+    vocab_size: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,13 @@ class DataConfig:
     file: str = ""  # one pooled file to partition in simulation
     test_fraction: float = 0.25
     validation_fraction: float = 0.0
+    # Numeric columns: "federated" = standardised with the mean and standard deviation of
+    # every lab's training rows (computed by secure aggregation before round 1, fedlab.prep);
+    # "range" = scaled to [0, 1] by the schema's declared min/max.
+    standardize: str = DEFAULT_STANDARDIZE
+    # Text data sets: the federated vocabulary (hashed token buckets, see fedlab.data.text).
+    vocabulary_min_labs: int = 2  # a bucket enters only if this many labs hold a token in it
+    vocabulary_buckets: int = 2**18  # hash buckets a lab counts its tokens into
 
 
 @dataclass(frozen=True)
@@ -371,7 +388,16 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         "name": (str, "logistic", _model_name),
         "hidden": (list, [32], _hidden),
         "options": (dict, {}, None),
+        "embedding_dim": (int, 16, lambda v: None if 1 <= v <= 4096 else "must be in 1..4096"),
+        "sequence_length": (int, 40, lambda v: None if 1 <= v <= 10_000 else
+                            "must be in 1..10000 (tokens kept per text)"),
+        "vocab_size": (int, 10_000, lambda v: None if 1 <= v <= 1_000_000 else
+                       "must be in 1..1000000"),
     })
+    text_keys = [k for k in ("embedding_dim", "sequence_length", "vocab_size") if k in mo_raw]
+    if text_keys and mo.get("name") in ("logistic", "mlp"):
+        errs.add(f"model.{text_keys[0]}", f"only the text model uses it (model.name = "
+                 f"{mo['name']!r}); remove it or set name = \"text\"")
     da_raw = dict(table("data"))
     schema_keys = ("missing", "missing_policy", "header", "columns")
     schema = {k: da_raw.pop(k) for k in schema_keys if k in da_raw}
@@ -383,13 +409,38 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         "test_fraction": ((int, float), 0.25, lambda v: None if 0 < v < 1 else
                           f"must be in (0, 1), got {v}"),
         "validation_fraction": ((int, float), 0.0, _fraction),
+        "standardize": (str, DEFAULT_STANDARDIZE, _one_of(STANDARDIZE)),
+        "vocabulary_min_labs": (int, 2, lambda v: None if v >= 1 else "must be >= 1"),
+        "vocabulary_buckets": (int, 2**18, lambda v: None if 1 <= v <= 2**24 else
+                               "must be in 1..16777216 (2^18 = 262144 is a good size)"),
     })
+    text_data = da.get("dataset") in TEXT_DATASETS
+    for key in ("vocabulary_min_labs", "vocabulary_buckets"):
+        if key in da_raw and not text_data:
+            errs.add(f"data.{key}", "only a text data set (dataset = \"rotten-tomatoes\") has a "
+                     "vocabulary; remove it")
+    if text_data and mo.get("name") in ("logistic", "mlp"):
+        errs.add("model.name", f"the text data set {da['dataset']!r} needs a model that reads "
+                 "token ids: set name = \"text\" (or your own builder 'module:function')")
+    if mo.get("name") == "text" and da.get("dataset") not in TEXT_DATASETS:
+        errs.add("model.name", "the text model reads token ids of a text data set; use it with "
+                 "dataset = \"rotten-tomatoes\", or use logistic / mlp for table data")
     if da.get("dataset") and schema.get("columns"):
         errs.add("data.columns", f"the built-in data set {da['dataset']!r} has its own schema; "
                  "remove [[data.columns]] or remove data.dataset")
+    if text_data and "standardize" in da_raw:
+        errs.add("data.standardize", "texts have no numeric columns to standardise; remove it")
+    if da.get("dataset"):
+        for key in ("missing", "header") + (("missing_policy",) if text_data else ()):
+            if key in schema:
+                errs.add(f"data.{key}", f"the built-in data set {da['dataset']!r} has its own "
+                         "schema; remove it")
+        policy = schema.get("missing_policy")
+        if policy is not None and not text_data and policy not in ("drop", "impute"):
+            errs.add("data.missing_policy", f"{policy!r} is not allowed; use one of: drop, impute")
     if not da.get("dataset") and "columns" not in schema:
-        errs.add("data", 'needs either dataset = "heart-disease" or a schema: [[data.columns]] '
-                 "tables with name and type")
+        errs.add("data", 'needs either a built-in dataset ("heart-disease", "rotten-tomatoes") '
+                 "or a schema: [[data.columns]] tables with name and type")
     sim = _take(errs, table("simulation"), "simulation.", {
         "partition": (str, "natural", _one_of(PARTITIONS)),
         "num_labs": (int, 0, lambda v: None if v >= 0 else "must be >= 0"),
@@ -459,9 +510,16 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
     if da.get("dataset") == "heart-disease" and not raw_labs:
         labs = [LabConfig(h, f"builtin:{h}") for h in ("cleveland", "hungary", "switzerland", "va")]
     partition = sim.get("partition", "natural")
-    if partition == "natural" and sim.get("column"):
+    if text_data and partition == "natural" and not labs:
+        errs.add("simulation.partition", f"the {da['dataset']!r} texts have no natural labs; "
+                 "spread them over virtual labs with partition = \"dirichlet\" (label skew) or "
+                 "\"iid\" and num_labs = 5, or list [[labs]] with their own text files")
+    elif text_data and sim.get("column"):
+        errs.add("simulation.column", f"the {da['dataset']!r} data set is spread by partition "
+                 "= \"dirichlet\" or \"iid\"; remove simulation.column")
+    elif partition == "natural" and sim.get("column"):
         pass  # labs come from the column's values at load time
-    elif not labs and not (da.get("file") and sim.get("num_labs", 0) > 0):
+    elif not labs and not ((da.get("file") or text_data) and sim.get("num_labs", 0) > 0):
         errs.add("labs", "no labs: add [[labs]] tables (name, data), or in simulation give "
                  "data.file with simulation.partition and simulation.num_labs")
     if partition in ("iid", "dirichlet") and sim.get("num_labs", 0) < 1:
@@ -472,8 +530,12 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
     if n_labs and fed.get("min_labs", 2) > n_labs:
         errs.add("federation.min_labs", f"is {fed.get('min_labs')} but the federation has only "
                  f"{n_labs} labs")
+    if text_data and n_labs and da.get("vocabulary_min_labs", 2) > n_labs:
+        errs.add("data.vocabulary_min_labs", f"is {da.get('vocabulary_min_labs')} but the "
+                 f"federation has only {n_labs} labs, so no token could enter the vocabulary; "
+                 f"use a value in 1..{n_labs}")
 
-    if not errs.items and schema:
+    if not errs.items and schema and not da.get("dataset"):
         # The schema's own keys are checked by the data package (same error style).
         from fedlab.data.schema import Schema
 
@@ -499,11 +561,16 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
             server_learning_rate=float(st["server_learning_rate"]),
             beta1=float(st["beta1"]), beta2=float(st["beta2"]), tau=float(st["tau"]),
         ),
-        model=ModelConfig(name=mo["name"], hidden=tuple(mo["hidden"]), options=mo["options"]),
+        model=ModelConfig(name=mo["name"], hidden=tuple(mo["hidden"]), options=mo["options"],
+                          embedding_dim=mo["embedding_dim"],
+                          sequence_length=mo["sequence_length"], vocab_size=mo["vocab_size"]),
         data=DataConfig(
             dataset=da["dataset"], schema=schema, file=da["file"],
             test_fraction=float(da["test_fraction"]),
             validation_fraction=float(da["validation_fraction"]),
+            standardize=da["standardize"],
+            vocabulary_min_labs=da["vocabulary_min_labs"],
+            vocabulary_buckets=da["vocabulary_buckets"],
         ),
         labs=tuple(labs),
         simulation=SimulationConfig(

@@ -407,6 +407,16 @@ class _Watch:
                         f"{', '.join(self.awaited()) or 'none'}")
         elif kind == "refused":
             self.status(f"refused node {ev.get('node')}: {ev.get('reason')}")
+        elif kind == "prep_started":  # federated preprocessing before round 1 (server.prep)
+            self.started = True
+            self.status(f"rounds start with {', '.join(self.joined)} after the federated "
+                        f"preprocessing ({', '.join(ev.get('steps') or [])})")
+        elif kind == "prep_completed":
+            self.status(f"federated preprocessing done: {', '.join(ev.get('contributors') or [])}"
+                        + (f"; dropped: {', '.join(ev['dropped'])}" if ev.get("dropped") else ""))
+        elif kind in ("prep_dropped", "prep_failed"):
+            who = f"lab {ev['lab']}: " if ev.get("lab") else ""
+            self.status(f"federated preprocessing: {who}{ev.get('reason')}")
         elif kind == "round_started":
             if not self.started:
                 self.started = True
@@ -580,9 +590,8 @@ def check_lab_data(kit_dir: str | Path, data: str | Path) -> tuple[Any, Any, Any
 
     The same check as ``fedlab check-data KIT --data FILE``; nothing is sent anywhere."""
     from fedlab.config import load_config
-    from fedlab.data.check import check_file
     from fedlab.pki import load_lab_kit
-    from fedlab.task import schema_for
+    from fedlab.task import check_lab_file
 
     if (Path(kit_dir) / "server.pem").is_file():
         raise KitError(f"{kit_dir} is the server kit; the server starts with `fedlab server "
@@ -592,7 +601,7 @@ def check_lab_data(kit_dir: str | Path, data: str | Path) -> tuple[Any, Any, Any
     path = Path(data)
     if not path.is_file():
         raise DataError(f"{path}: no such data file; pass the lab's own file with --data")
-    report = check_file(path, schema_for(cfg))
+    report = check_lab_file(cfg, path)
     return kit, cfg, report
 
 

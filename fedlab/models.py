@@ -1,4 +1,11 @@
-"""Keras model builders: logistic regression, MLP, and a user hook ``module:function``.
+"""Keras model builders: logistic regression, MLP, text, and a user hook ``module:function``.
+
+The text model is the classic small Keras text classifier: token ids padded to
+``sequence_length`` (``num_features``) -> ``Embedding(vocab_size + 2, embedding_dim)``
+(id 0 is padding and masked out, 1 out of vocabulary, 2.. the federated vocabulary; see
+:class:`fedlab.data.text.TextEncoder`) -> ``GlobalAveragePooling1D`` over the real tokens
+-> ``Dense`` sigmoid (softmax for more than two classes). Its input is ``float32`` like
+every fedlab model's (ids below 2^24 are exact); the embedding casts it to ``int32``.
 
 TensorFlow/Keras is imported only inside the builders, so importing this module
 is cheap. A user builder is called as ``fn(num_features, num_classes, **options)``
@@ -42,7 +49,24 @@ def build_model(cfg: ModelConfig, num_features: int, num_classes: int, *, seed: 
             h = keras.layers.Dense(size, activation="relu", name=f"hidden{i}")(h)
         outputs = keras.layers.Dense(units, activation=activation, name="output")(h)
         return keras.Model(inputs, outputs, name="mlp")
+    if cfg.name == "text":
+        return _text_model(cfg, num_features, units, activation)
     return _user_model(cfg.name, num_features, num_classes, dict(cfg.options))
+
+
+def _text_model(cfg: ModelConfig, sequence_length: int, units: int, activation: str) -> keras.Model:
+    import keras
+
+    if sequence_length != cfg.sequence_length:
+        raise ConfigError(f"the text model reads {cfg.sequence_length} token ids a text "
+                          f"(model.sequence_length) but the data has {sequence_length}; encode "
+                          "the texts with the same sequence_length")
+    inputs = keras.Input(shape=(sequence_length,), name="token_ids")
+    h = keras.layers.Embedding(cfg.vocab_size + 2, cfg.embedding_dim, mask_zero=True,
+                               name="embedding")(inputs)
+    h = keras.layers.GlobalAveragePooling1D(name="average")(h)
+    outputs = keras.layers.Dense(units, activation=activation, name="output")(h)
+    return keras.Model(inputs, outputs, name="text")
 
 
 def _user_model(ref: str, num_features: int, num_classes: int, options: dict[str, Any]) -> keras.Model:

@@ -9,6 +9,8 @@
 - ``model.keras``, ``model.sha256``   the final global model and its weights hash
 - ``checkpoints/``     the global model after each round (``round-NNNN.npz`` + hash)
 - ``report.md`` + ``*.png``   human report with plots
+- ``tensorboard/``     TensorBoard event files, per-round scalars (``server.board``)
+- ``privacy/``         simulation with DP: each virtual lab's privacy ledger (``fedlab.ledger``)
 
 Writes are atomic (write to a temporary file, fsync, rename) so a crash never leaves
 a half-written file behind.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,8 +144,12 @@ class LocalTrainer:
 
     # -- training ------------------------------------------------------------
     def fit(self, weights: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray, *,
-            epochs: int | None = None, round_seed: int = 0) -> FitResult:
-        """Train from ``weights`` on (x, y); returns the new weights (the model keeps them)."""
+            epochs: int | None = None, round_seed: int = 0,
+            after_epoch: Callable[[int], None] | None = None) -> FitResult:
+        """Train from ``weights`` on (x, y); returns the new weights (the model keeps them).
+
+        ``after_epoch(k)`` (without DP) is called after pass ``k`` (1-based) with the
+        model holding that pass's weights (the baselines use it to pick a pass)."""
         t0 = time.perf_counter()
         self.set_weights(weights)
         for var, a in zip(self.model.trainable_variables, self._anchor, strict=True):
@@ -180,6 +184,8 @@ class LocalTrainer:
                 idx = order[start:start + bs]
                 epoch_loss += float(self._train_step(xf[idx], yf[idx])) * len(idx)
             losses.append(epoch_loss / n)
+            if after_epoch is not None:
+                after_epoch(len(losses))
         return FitResult(self.get_weights(), n, losses[-1], time.perf_counter() - t0)
 
     def evaluate(self, weights: Sequence[np.ndarray] | None, x: np.ndarray, y: np.ndarray

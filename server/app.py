@@ -15,6 +15,7 @@ from fedlab.errors import FedlabError, RoundAborted, RunError
 from fedlab.job import Job, load_job
 from fedlab.report import write_report
 from fedlab.runs import RunFolder, list_checkpoints, load_checkpoint
+from server.board import RunBoard
 from server.federation import FederationServer, RoundOutcome, pooled
 from server.strategy import ServerOptimizer
 from server.validate import check_vector
@@ -105,10 +106,18 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
             log.info("resuming after round %d (model %s...)", last, sha[:12])
         else:
             folder.audit.record("resumed", from_round=0, reason="no usable checkpoint")
+    # TensorBoard event files (server.board); a resumed run drops what redone rounds wrote.
+    board = RunBoard(folder.path, resume_after=start_round - 1 if job.resume else None,
+                     enabled=not job.synthetic_params)
 
     # Simulation: every virtual lab exists, a slow one is only slow to start (TensorFlow,
     # privacy calibration on a loaded machine): wait for all of them.
     srv.discover(wait=900.0 if job.mode == "simulation" else 3600.0)
+    # Statistics of every lab's data (feature means, a vocabulary), before round 1;
+    # a resumed run reuses the ones it recorded (server.prep).
+    from server.prep import Preprocessing
+
+    srv.prep = Preprocessing.start(srv, resume=job.resume)
     secure = None
     if cfg.secure:
         from server.secure import SecureRounds
@@ -126,6 +135,8 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
             outcome = RoundOutcome(None, sorted(srv.labs.node_of), [], [], {}, {}, {},
                                    secure=secure is not None, reason=str(exc))
         _log_lab_metrics(folder, rnd, outcome)
+        if srv.prep is not None:
+            srv.prep.after_round(set(outcome.lab_metrics))
         ok = outcome.avg_update is not None
         if ok:
             assert outcome.avg_update is not None
@@ -158,6 +169,9 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
                       contributors=outcome.contributors, dropped=outcome.dropped,
                       rejected=outcome.rejected, exchanges=outcome.exchanges,
                       reason=outcome.reason)
+        board.log_round(rnd, outcome.lab_metrics, seconds=secs,
+                        contributors=len(outcome.contributors), dropped=len(outcome.dropped),
+                        aggregated=ok)
 
     final = srv.final_evaluation(global_vec)
     if job.mode == "deployment":
@@ -167,6 +181,8 @@ def run_federation(grid: Grid, job: Job) -> dict[str, Any]:
                       accuracy=m.get("test-accuracy"), examples=m.get("test-examples"))
     fed_pooled = pooled(final.values())
     folder.metric(kind="eval", round=cfg.rounds, lab="pooled", **fed_pooled)
+    board.log_final(cfg.rounds, final)
+    board.close()
 
     final_weights = codec.unflatten(global_vec, shapes)
     if model is not None:

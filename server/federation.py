@@ -102,6 +102,12 @@ class FederationServer:
         self.labs = Labs()
         self.guard = signing.ReplayGuard()
         self.timeout = self.cfg.stage_timeout
+        self.prep: Any = None  # the run's federated preprocessing (server.prep), if any
+
+    def prep_cfg(self, lab: str) -> dict[str, Any]:
+        """What a round or final message to ``lab`` carries about the run's federated
+        preprocessing (its results' hash; the results while the lab may lack them)."""
+        return self.prep.cfg_for(lab) if self.prep is not None else {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _verify(self, lab: str, round_: int, stage: str, payload: bytes, sig: bytes) -> None:
@@ -196,7 +202,8 @@ class FederationServer:
         for lab in participants:
             content = RecordDict({"model": model_rec,
                                   "cfg": ConfigRecord({"round": round_, "run": self.run_id,
-                                                       "secure": False})})
+                                                       "secure": False,
+                                                       **self.prep_cfg(lab)})})
             reqs[self.labs.node_of[lab]] = (ROUND, content)
         res = exchange(self.grid, reqs, timeout=self.timeout)
         rb = self.cfg.robustness
@@ -258,8 +265,9 @@ class FederationServer:
     def final_evaluation(self, global_vec: np.ndarray) -> dict[str, dict[str, Any]]:
         model_rec = codec.to_record(global_vec)
         reqs = {node: (FINAL, RecordDict({"model": model_rec,
-                                          "cfg": ConfigRecord({"run": self.run_id})}))
-                for node in self.labs.node_of.values()}
+                                          "cfg": ConfigRecord({"run": self.run_id,
+                                                               **self.prep_cfg(lab)})}))
+                for lab, node in self.labs.node_of.items()}
         res = exchange(self.grid, reqs, timeout=self.timeout)
         out: dict[str, dict[str, Any]] = {}
         for node, reply in res.replies.items():

@@ -13,7 +13,7 @@ Every rejection, dropout and abort the protocol records goes to the audit log.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -58,9 +58,9 @@ class SecureRounds:
             log.warning("lab %s failed at %s: %s", lab, mtype, err)
         return out
 
-    def _cfg(self, round_: int, request: bytes) -> ConfigRecord:
+    def _cfg(self, round_: int, request: bytes, **extra: Any) -> ConfigRecord:
         return ConfigRecord({"run": self.srv.run_id, "round": round_, "secure": True,
-                             "secagg": request})
+                             "secagg": request, **extra})
 
     @staticmethod
     def _protocol_bytes(reply: Message) -> bytes | None:
@@ -110,7 +110,8 @@ class SecureRounds:
             out.participants = sorted(r1)
             model_rec = codec.to_record(global_vec)
             replies = self._send("train.round", {
-                lab: RecordDict({"model": model_rec, "cfg": self._cfg(round_, req)})
+                lab: RecordDict({"model": model_rec,
+                                 "cfg": self._cfg(round_, req, **srv.prep_cfg(lab))})
                 for lab, req in r1.items()})
             out.exchanges += 1
             masked: dict[str, tuple[np.ndarray, bytes]] = {}

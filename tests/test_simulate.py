@@ -60,8 +60,9 @@ def test_short_simulation_end_to_end(tmp_path):
     assert summary["federated"]["pooled_test"]["accuracy"] > initial["accuracy"] + 0.05
     assert summary["baselines"]["pooled_training"]["pooled_test"]["examples"] == 254
     for name in ("federation.toml", "metrics.jsonl", "audit.jsonl", "report.md", "accuracy.png",
-                 "loss.png", "model.keras", "model.sha256"):
+                 "loss.png", "model.keras", "model.sha256", "tensorboard"):
         assert (run_dir / name).exists(), name
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert verify_audit(run_dir / "audit.jsonl") > 5
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]

@@ -102,7 +102,9 @@ class Table:
     ``x``: ``float32 [n, schema.num_features]``; ``y``: ``int64 [n]`` class indices;
     ``lines``: ``int64 [n]`` 1-based line of each row in the file; ``numeric``:
     ``float64 [n, len(schema.numeric_names)]`` raw numeric values after imputation,
-    before scaling (what a lab contributes to federated feature statistics).
+    before scaling; ``raw``: the kept rows as parsed, before imputation and scaling
+    (what a lab contributes to federated feature statistics, and what
+    :func:`encode_rows` encodes again once the federation's statistics are known).
     """
 
     x: np.ndarray
@@ -110,9 +112,104 @@ class Table:
     lines: np.ndarray
     report: LoadReport
     numeric: np.ndarray
+    raw: RawRows | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class RawRows:
+    """Rows as parsed, before imputation and scaling.
+
+    ``numeric``: ``float64 [n, len(schema.numeric_names)]``, NaN where missing;
+    ``codes``: ``int64 [n, categorical columns]`` (schema order), the level index, -1
+    where missing.
+    """
+
+    numeric: np.ndarray
+    codes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.numeric.shape[0])
+
+    def take(self, rows: np.ndarray) -> RawRows:
+        """The given rows (indices or a boolean mask)."""
+        return RawRows(numeric=self.numeric[rows], codes=self.codes[rows])
+
+    @staticmethod
+    def concat(parts: Sequence[RawRows]) -> RawRows:
+        return RawRows(numeric=np.concatenate([p.numeric for p in parts]),
+                       codes=np.concatenate([p.codes for p in parts]))
+
+
+def encode_rows(
+    raw: RawRows,
+    schema: Schema,
+    *,
+    stats: FeatureStats | None = None,
+    fill_numeric: np.ndarray | None = None,
+    fill_codes: np.ndarray | None = None,
+    where: str = "",
+    lines: np.ndarray | None = None,
+) -> np.ndarray:
+    """Encode parsed rows as the model's features (``float32 [n, schema.num_features]``).
+
+    Missing numeric values become ``fill_numeric[j]`` and missing categories level
+    ``fill_codes[k]`` (a DataError if something is missing and no fill is given);
+    numeric columns are then standardised with ``stats`` when given, else scaled to
+    [0, 1] by the declared range when both bounds are declared, else kept raw.
+    ``where`` and ``lines`` name the rows in error messages.
+    """
+    n = len(raw)
+    x = np.zeros((n, schema.num_features), dtype=np.float64)
+    if stats is not None:
+        stat_mean, stat_std = stats.aligned(schema.numeric_names)
+    offset = numeric_index = code_index = 0
+    features = schema.feature_columns
+    for column in features:
+        if column.type == "numeric":
+            values = raw.numeric[:, numeric_index]
+            missing = np.isnan(values)
+            if missing.any():
+                if fill_numeric is None:
+                    raise DataError(f"{where}, column {column.name!r}: missing values and no "
+                                    "value to impute them with")
+                values = np.where(missing, float(fill_numeric[numeric_index]), values)
+            if stats is not None:
+                encoded = (values - stat_mean[numeric_index]) / stat_std[numeric_index]
+            elif column.min is not None and column.max is not None:
+                encoded = (values - column.min) / (float(column.max) - float(column.min))
+            else:
+                encoded = values
+            x[:, offset] = encoded
+            offset += 1
+            numeric_index += 1
+        else:
+            codes = raw.codes[:, code_index]
+            if (codes < 0).any():
+                if fill_codes is None:
+                    raise DataError(f"{where}, column {column.name!r}: missing values and no "
+                                    "level to impute them with")
+                codes = np.where(codes < 0, int(fill_codes[code_index]), codes)
+            code_index += 1
+            first = 1 if column.drop_first else 0
+            width = len(column.levels) - first
+            rows_with = codes >= first
+            x[np.flatnonzero(rows_with), offset + codes[rows_with] - first] = 1.0
+            offset += width
+    with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        r, c = np.argwhere(~np.isfinite(x32))[0]
+        owner = [col.name for col in features for _ in col.feature_names][c]
+        line = f", line {int(lines[r])}" if lines is not None and len(lines) > r else ""
+        raise DataError(
+            f"{where}{line}, column {owner!r}: the value is "
+            "too large to encode as a 32-bit float; expected magnitudes below about 3e38 "
+            "after scaling; check the value or declare a min/max range"
+        )
+    return x32
 
 
 @dataclass(frozen=True, order=True)
@@ -455,12 +552,19 @@ def _parse_coded(
 
 
 def load_csv(
-    path: str | os.PathLike[str], schema: Schema, *, stats: FeatureStats | None = None
+    path: str | os.PathLike[str],
+    schema: Schema,
+    *,
+    stats: FeatureStats | None = None,
+    defer_imputation: bool = False,
 ) -> Table:
     """Read ``path`` against ``schema``; see the module docstring for the rules.
 
     Raises ``DataError`` for a file that does not match the schema and
     ``ConfigError`` when ``stats`` does not fit the schema's numeric columns.
+    ``defer_imputation``: a column with every value missing is not an error (its
+    ``Table.x`` features are placeholders): the federation's statistics, computed
+    before training, impute it (:mod:`fedlab.prep`).
     """
     path = Path(path)
     file = str(path)
@@ -524,20 +628,25 @@ def load_csv(
     # ---- encode the kept rows
     n = report.rows_kept
     kept_lines = lines[keep]
-    x = np.zeros((n, schema.num_features), dtype=np.float64)
     numeric = np.zeros((n, len(numeric_names)), dtype=np.float64)
-    offset = 0
-    numeric_index = 0
+    n_codes = sum(1 for p in features if p.column.type == "categorical")
+    raw = RawRows(numeric=np.zeros((n, len(numeric_names)), dtype=np.float64),
+                  codes=np.zeros((n, n_codes), dtype=np.int64))
+    fill_numeric = np.zeros(len(numeric_names), dtype=np.float64)
+    fill_codes = np.zeros(n_codes, dtype=np.int64)
+    numeric_index = code_index = 0
     for p in features:
         column = p.column
         values = p.values[keep]
         missing = p.missing[keep]
         n_missing = int(missing.sum())
+        fill: float | int = 0
         if n_missing:
             report.imputed[column.name] = n_missing
-            values = values.copy()
             if column.type == "numeric" and stats is not None:
-                values[missing] = stat_mean[numeric_index]
+                fill = float(stat_mean[numeric_index])
+            elif n_missing == n and defer_imputation:
+                pass  # a placeholder: the federation's statistics will say what to impute
             elif n_missing == n:
                 fix = (
                     "fill in the column, or load with the federation's feature stats"
@@ -550,39 +659,21 @@ def load_csv(
                     f"impute from; expected at least one present value; {fix}"
                 )
             elif column.type == "numeric":
-                values[missing] = values[~missing].mean()
+                fill = float(values[~missing].mean())
             else:
                 counts = np.bincount(values[~missing], minlength=len(column.levels))
-                values[missing] = int(np.argmax(counts))  # ties: the first level listed
+                fill = int(np.argmax(counts))  # ties: the first level listed
         if column.type == "numeric":
-            numeric[:, numeric_index] = values
-            if stats is not None:
-                encoded = (values - stat_mean[numeric_index]) / stat_std[numeric_index]
-            elif column.min is not None and column.max is not None:
-                encoded = (values - column.min) / (float(column.max) - float(column.min))
-            else:
-                encoded = values
-            x[:, offset] = encoded
-            offset += 1
+            raw.numeric[:, numeric_index] = np.where(missing, np.nan, values)
+            numeric[:, numeric_index] = np.where(missing, fill, values)
+            fill_numeric[numeric_index] = fill
             numeric_index += 1
         else:
-            first = 1 if column.drop_first else 0
-            width = len(column.levels) - first
-            rows_with = values >= first
-            x[np.flatnonzero(rows_with), offset + values[rows_with] - first] = 1.0
-            offset += width
-
-    features_columns = [p.column for p in features]
-    with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
-        x32 = x.astype(np.float32)
-    if not np.isfinite(x32).all():
-        r, c = np.argwhere(~np.isfinite(x32))[0]
-        owner = [col.name for col in features_columns for _ in col.feature_names][c]
-        raise DataError(
-            f"{file}, line {int(kept_lines[r])}, column {owner!r}: the value is "
-            "too large to encode as a 32-bit float; expected magnitudes below about 3e38 "
-            "after scaling; check the value or declare a min/max range"
-        )
+            raw.codes[:, code_index] = np.where(missing, -1, values)
+            fill_codes[code_index] = int(fill)
+            code_index += 1
+    x32 = encode_rows(raw, schema, stats=stats, fill_numeric=fill_numeric,
+                      fill_codes=fill_codes, where=file, lines=kept_lines)
     y = label.values[keep].astype(np.int64)
     logger.info("%s", report.format())
-    return Table(x=x32, y=y, lines=kept_lines, report=report, numeric=numeric)
+    return Table(x=x32, y=y, lines=kept_lines, report=report, numeric=numeric, raw=raw)

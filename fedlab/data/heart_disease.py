@@ -27,6 +27,11 @@ exang     0 .. 1      exercise-induced angina                             0 .. 1
 oldpeak   -3 .. 7     ST depression (mm); negative is ST elevation        -2.6 .. 6.2
 ========  ==========  ==================================================  ==============
 
+With ``data.missing_policy = "impute"`` (opt-in) the rows with a missing value are kept
+and join each hospital's training rows, imputed with the federation's means and most
+frequent levels (computed by secure aggregation before training, :mod:`fedlab.prep`);
+the published test rows are unchanged.
+
 The zeros of chol and trestbps are kept as values, as FLamby does: treating them as
 missing would drop all of Switzerland (chol) and change the published rows and
 split. Models see them as an out-of-band value (chol scaled to 0 where real values
@@ -111,9 +116,12 @@ def schema_dict() -> dict[str, Any]:
     }
 
 
-def schema() -> Schema:
-    """The built-in schema, parsed."""
-    return Schema.from_dict(schema_dict(), where="heart_disease.schema")
+def schema(missing_policy: str = "drop") -> Schema:
+    """The built-in schema, parsed; ``missing_policy = "impute"`` keeps the rows with a
+    missing value (FLamby, and the default, drop them)."""
+    d = schema_dict()
+    d["missing_policy"] = missing_policy
+    return Schema.from_dict(d, where="heart_disease.schema")
 
 
 def data_file(hospital: str) -> Path:
@@ -143,15 +151,21 @@ def load_hospital(
     val_fraction: float = 0.0,
     seed: int = 0,
     stats: FeatureStats | None = None,
+    missing_policy: str = "drop",
 ) -> LabData:
     """Load one hospital with the built-in schema and FLamby's published split.
 
     ``val_fraction`` of the *training* rows (seeded by ``seed``, stratified by label
     where possible) become validation rows; the test rows are never touched.
     ``stats``: federation feature statistics to standardise numeric columns with.
+    ``missing_policy = "impute"``: rows with a missing value (which FLamby drops, so
+    they are in neither published list) are kept and join the *training* rows, their
+    missing values imputed (with the federation's means and most frequent levels once
+    federated preprocessing has run); the published test rows stay as they are.
     """
     path = data_file(hospital)
-    table = load_csv(path, schema(), stats=stats)
+    table = load_csv(path, schema(missing_policy), stats=stats,
+                     defer_imputation=missing_policy == "impute")
     train_lines, test_lines = published_split(hospital)
     row_of = {int(line): i for i, line in enumerate(table.lines)}
     for part, listed in (("train", train_lines), ("test", test_lines)):
@@ -165,6 +179,12 @@ def load_hospital(
             )
     overlap = set(train_lines) & set(test_lines)
     unused = set(row_of) - set(train_lines) - set(test_lines)
+    if missing_policy == "impute" and table.raw is not None:
+        # The rows FLamby drops for a missing value train here, imputed.
+        incomplete = np.isnan(table.raw.numeric).any(axis=1) | (table.raw.codes < 0).any(axis=1)
+        extra = sorted(line for line in unused if incomplete[row_of[line]])
+        unused -= set(extra)
+        train_lines = sorted([*train_lines, *extra])
     if overlap or unused:
         raise DataError(
             f"{SPLIT_FILE}: the published split of {hospital!r} does not partition the "
@@ -195,6 +215,9 @@ def load_hospital(
         lines_train=table.lines[train_rows],
         lines_val=table.lines[val_rows],
         lines_test=table.lines[test_rows],
+        raw_train=table.raw.take(train_rows) if table.raw is not None else None,
+        raw_val=table.raw.take(val_rows) if table.raw is not None else None,
+        raw_test=table.raw.take(test_rows) if table.raw is not None else None,
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedlab.data.csv import LoadReport
+from fedlab.data.csv import LoadReport, RawRows
 from fedlab.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,9 @@ class LabData:
 
     ``x_val``/``y_val`` are empty (0 rows) when no validation split was asked for.
     ``lines_*`` are the 1-based source lines of the rows (empty when unknown).
+    ``raw_*`` keep the same rows as parsed, before imputation and scaling (None when
+    the loader did not keep them): federated preprocessing (:mod:`fedlab.prep`) reads
+    them and encodes ``x_*`` again with the federation's statistics.
     """
 
     name: str
@@ -37,6 +40,9 @@ class LabData:
     lines_train: np.ndarray = field(default_factory=_no_lines)
     lines_val: np.ndarray = field(default_factory=_no_lines)
     lines_test: np.ndarray = field(default_factory=_no_lines)
+    raw_train: RawRows | None = None
+    raw_val: RawRows | None = None
+    raw_test: RawRows | None = None
 
     @property
     def num_train(self) -> int:

@@ -1074,25 +1074,135 @@ def text_lab_data(
     *,
     report: TextReport | None = None,
 ) -> LabData:
-    """A lab's :class:`LabData` with ``x_*`` the encoded texts (``int32 [n, max_len]``)."""
-    y = np.asarray(labels, dtype=np.int64)
+    """A lab's :class:`LabData` with ``x_*`` the encoded texts (``int32 [n, max_len]``).
 
-    def pick(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return encoder.encode([texts[int(i)] for i in rows]), y[rows]
+    ``TextLab.from_split(split, texts, labels, report=report).encode(encoder)``.
+    """
+    return TextLab.from_split(split, texts, labels, report=report).encode(encoder)
 
-    x_train, y_train = pick(split.train)
-    x_val, y_val = pick(split.val)
-    x_test, y_test = pick(split.test)
-    lines = report.lines if report is not None else None
-    return LabData(
-        name=split.name,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-        x_test=x_test,
-        y_test=y_test,
-        lines_train=lines[split.train] if lines is not None else np.zeros(0, np.int64),
-        lines_val=lines[split.val] if lines is not None else np.zeros(0, np.int64),
-        lines_test=lines[split.test] if lines is not None else np.zeros(0, np.int64),
-    )
+
+# ---------------------------------------------------------------- a lab's texts
+@dataclass(frozen=True, eq=False)
+class TextLab:
+    """One lab's labelled texts, kept raw until the federation's vocabulary is known.
+
+    The texts never leave the lab. Before training the lab sends
+    :meth:`vocabulary_contribution` (hashed token counts and presence of its
+    *training* texts, never of its validation or test texts) to the secure sum; once
+    the selected buckets come back it calls :meth:`encode` with the federation's
+    :class:`TextEncoder` and trains on the resulting :class:`LabData`. ``y_*`` are
+    ``int64`` labels; ``lines_*`` the 1-based start lines of the rows in the source
+    file (empty when unknown).
+    """
+
+    name: str
+    train_texts: tuple[str, ...]
+    y_train: np.ndarray
+    val_texts: tuple[str, ...]
+    y_val: np.ndarray
+    test_texts: tuple[str, ...]
+    y_test: np.ndarray
+    report: TextReport | None = None
+    lines_train: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lines_val: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lines_test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self) -> None:
+        for part in ("train", "val", "test"):
+            texts, y = getattr(self, f"{part}_texts"), getattr(self, f"y_{part}")
+            if len(texts) != len(y):
+                raise DataError(f"lab {self.name}: {len(texts)} {part} texts but {len(y)} labels")
+
+    @classmethod
+    def from_split(
+        cls,
+        split: TextLabSplit,
+        texts: Sequence[str],
+        labels: np.ndarray,
+        *,
+        report: TextReport | None = None,
+    ) -> TextLab:
+        """The rows ``split`` names (indices into ``texts`` / ``labels``) as a lab's texts."""
+        y = np.asarray(labels, dtype=np.int64)
+        lines = report.lines if report is not None else None
+        empty = np.zeros(0, np.int64)
+
+        def pick(rows: np.ndarray) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+            return (
+                tuple(texts[int(i)] for i in rows),
+                y[rows],
+                lines[rows] if lines is not None else empty,
+            )
+
+        train, val, test = pick(split.train), pick(split.val), pick(split.test)
+        return cls(
+            name=split.name,
+            train_texts=train[0],
+            y_train=train[1],
+            val_texts=val[0],
+            y_val=val[1],
+            test_texts=test[0],
+            y_test=test[1],
+            report=report,
+            lines_train=train[2],
+            lines_val=val[2],
+            lines_test=test[2],
+        )
+
+    @property
+    def num_train(self) -> int:
+        """Number of training rows (the weight of this lab's update)."""
+        return len(self.train_texts)
+
+    @property
+    def num_val(self) -> int:
+        """Number of validation rows."""
+        return len(self.val_texts)
+
+    @property
+    def num_test(self) -> int:
+        """Number of test rows."""
+        return len(self.test_texts)
+
+    def vocabulary_contribution(
+        self, buckets: int = DEFAULT_BUCKETS, *, key: bytes | None = None
+    ) -> np.ndarray:
+        """This lab's vector for the vocabulary sum (training texts only): ``int64 [2B]``."""
+        return vocabulary_contribution(self.train_texts, buckets, key=key)
+
+    def encode(self, encoder: TextEncoder) -> LabData:
+        """The lab's rows as token ids (``int32 [n, max_len]``) for training and evaluation."""
+        return LabData(
+            name=self.name,
+            x_train=encoder.encode(self.train_texts),
+            y_train=self.y_train,
+            x_val=encoder.encode(self.val_texts),
+            y_val=self.y_val,
+            x_test=encoder.encode(self.test_texts),
+            y_test=self.y_test,
+            lines_train=self.lines_train,
+            lines_val=self.lines_val,
+            lines_test=self.lines_test,
+        )
+
+
+def central_vocabulary(
+    texts: Iterable[str],
+    buckets: int = DEFAULT_BUCKETS,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    *,
+    key: bytes | None = None,
+) -> np.ndarray:
+    """The vocabulary one party selects from texts it holds itself (baselines).
+
+    The ``vocab_size`` buckets with the most tokens, ties by bucket id: the same rule
+    as :func:`select_buckets` with every held bucket eligible (nobody else's words
+    are involved, so there is no ``min_labs``).
+    """
+    vocab_size = _check_int(vocab_size, "vocab_size", 1)
+    counts = hashed_counts(texts, buckets, key=key)
+    held = np.flatnonzero(counts > 0)
+    if held.size == 0:
+        raise DataError("vocabulary: the texts hold no word token; check the data")
+    order = np.lexsort((held, -counts[held]))
+    return held[order[:vocab_size]].astype(np.int64)
