@@ -115,3 +115,13 @@ def unmask(msg: Message, context: Context) -> Message:
 @app.evaluate("final")
 def final(msg: Message, context: Context) -> Message:
     return _run("final", msg, context)
+
+
+@app.query("prep")
+def prep(msg: Message, context: Context) -> Message:
+    return _run("prep", msg, context)
+
+
+@app.query("done")
+def done(msg: Message, context: Context) -> Message:
+    return _run("done", msg, context)
