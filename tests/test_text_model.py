@@ -337,21 +337,23 @@ def test_a_baseline_is_kept_at_its_best_validation_pass(encoded):
 # ---------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_text_example_end_to_end(tmp_path):
-    """`fedlab simulate examples/text-sentiment.toml` (8 of its 10 rounds, secure
+    """`fedlab simulate examples/text-sentiment.toml` as it stands (10 short rounds, secure
     aggregation, federated vocabulary): the federated model is within 0.03 of the pooled
-    model trained in the same command; the table shows both and each lab alone."""
+    model trained in the same command (kept at its best validation pass); the table shows
+    both and each lab alone."""
     short = Path(tempfile.mkdtemp(prefix="fl", dir="/tmp"))  # Ray's socket paths: < 108 bytes
     env = dict(os.environ, TMPDIR=str(short))
     try:
         proc = subprocess.run([sys.executable, "-m", "fedlab.cli", "simulate", str(EXAMPLE),
-                               "--rounds", "8", "--out", str(tmp_path), "--no-progress"],
+                               "--out", str(tmp_path), "--no-progress"],
                               capture_output=True, text=True, timeout=900, env=env)
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = Path(proc.stdout.strip().splitlines()[-1])
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["secure"] and summary["rounds_completed"] >= 7
+    assert summary["secure"] and summary["rounds_completed"] >= 9  # one may fail on a loaded CI
+    assert 1 <= summary["baselines"]["best_pass"]["pooled"] <= 20
     fed = summary["federated"]["pooled_test"]
     pooled = summary["baselines"]["pooled_training"]["pooled_test"]
     assert fed["examples"] == pooled["examples"] and abs(fed["examples"] - 0.2 * 12_808) < 5
