@@ -84,8 +84,10 @@ def test_argument_parsing():
     full = bench.parse_args(["--out", "x.png", "--kinds", "record", "--seeds", "2",
                              "--epsilons", "0.5", "2"])
     assert (full.out, full.kinds, full.seeds, full.epsilons) == ("x.png", ["record"], 2, [0.5, 2.0])
-    assert bench.parse_args([]).epsilons == list(bench.EPSILONS)
-    for bad in (["--kinds", "user"], ["--epsilons", "0"], ["--seeds", "0"]):
+    default = bench.parse_args([])
+    assert default.epsilons == list(bench.EPSILONS) and default.seeds == 2 and default.first_seed == 0
+    assert bench.parse_args(["--seeds", "1", "--first-seed", "2"]).first_seed == 2
+    for bad in (["--kinds", "user"], ["--epsilons", "0"], ["--seeds", "0"], ["--first-seed", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
 
