@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.cputime import TreeCpu
+
 STOCK_APP = Path(__file__).resolve().parent / "stock_secagg_app"
 PARTS = ("micro", "flower", "heart")
 SYSTEMS = ("fedlab-secure", "fedlab-plain", "stock-secagg", "stock-plain")
@@ -106,62 +108,6 @@ class Watch:
     def fields(self) -> dict[str, Any]:
         return {"loadavg_before": self.before, "loadavg_after": loadavg(),
                 "other_users_cores": other_cores(self.snap)}
-
-
-class CpuSampler:
-    """Samples the CPU seconds (user + system) of this process's descendants (Flower, Ray,
-    the actors) every ``interval`` seconds, so each round's CPU cost can be read off
-    between its start and end timestamps. CPU seconds, unlike wall seconds, barely change
-    when other users share the cores."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        import threading
-
-        self.samples: list[tuple[float, float]] = []
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._hz = os.sysconf("SC_CLK_TCK")
-
-    def _cpu(self) -> float:
-        from fedlab.launch import descendants
-
-        total = 0.0
-        for pid in descendants(os.getpid()):
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            total += (float(fields[11]) + float(fields[12])) / self._hz
-        t = os.times()
-        return total + t.children_user + t.children_system
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self._cpu()))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def at(self, when: float) -> float | None:
-        """Descendants' CPU seconds at wall time ``when`` (linear between samples)."""
-        pts = self.samples
-        for (t0, c0), (t1, c1) in zip(pts, pts[1:], strict=False):
-            if t0 <= when <= t1:
-                return c0 + (c1 - c0) * ((when - t0) / (t1 - t0) if t1 > t0 else 0.0)
-        return None
-
-    def between(self, start: float, end: float) -> float | None:
-        a, b = self.at(start), self.at(end)
-        return None if a is None or b is None else max(0.0, b - a)
 
 
 def steady(rounds: list[float]) -> float:
@@ -480,7 +426,7 @@ def run_fedlab(params: int, n: int, rounds: int, plain: bool, out: Path,
     from fedlab.simulate import simulate
 
     t0 = time.perf_counter()
-    with CpuSampler() as cpu:
+    with TreeCpu() as cpu:
         run_dir, summary = simulate(None, out, plain=plain, rounds=rounds, progress=False,
                                     timeout=timeout, synthetic_params=params, synthetic_labs=n)
     wall = time.perf_counter() - t0
@@ -520,7 +466,7 @@ def run_stock(params: int, n: int, rounds: int, secagg: bool, work: Path,
     sl_dir.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}-flower.log"
     t0 = time.perf_counter()
-    with CpuSampler() as cpu, simulation_superlink(sl_dir) as (conn, env):
+    with TreeCpu() as cpu, simulation_superlink(sl_dir) as (conn, env):
         rc = run_flwr(STOCK_APP, conn, env, job_path=job_path,
                       federation_config=f"num-supernodes={n} client-resources-num-cpus=1",
                       log_path=log_path, timeout=timeout)

@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cputime import TreeCpu
+
 STOCK_APP = Path(__file__).resolve().parent / "stock_tf_app"
 SYSTEMS = ("sequential", "fedlab", "stock", "stock-cached", "fedlab-secure")
 DEFAULT_SYSTEMS = ("sequential", "fedlab", "stock", "fedlab-secure")
@@ -92,6 +94,12 @@ def steady(rounds: list[float]) -> float:
     return float(statistics.median(rounds[1:])) if len(rounds) > 1 else float("nan")
 
 
+def steady_cpu(rounds: list[float | None]) -> float | None:
+    """Median CPU seconds of rounds 2..R that fell within the sampled window."""
+    known = [c for c in rounds[1:] if c is not None]
+    return float(statistics.median(known)) if known else None
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -114,69 +122,6 @@ def other_load(before: tuple[float, float, float]) -> float:
     wall = after[0] - before[0]
     return round(max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall, 2) \
         if wall > 0 else 0.0
-
-
-class TreeCpu:
-    """CPU seconds used by this process and all its descendants (Flower, Ray, actors),
-    sampled every ``interval`` seconds in a thread, so CPU per round can be read off the
-    rounds' wall-clock boundaries. Under other users' load, wall time depends on the
-    share of the cores each system gets; CPU seconds per round do much less."""
-
-    def __init__(self, interval: float = 0.25) -> None:
-        import threading
-
-        self.interval = interval
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._hz = os.sysconf("SC_CLK_TCK")
-
-    def _tree_cpu(self) -> float:
-        from fedlab.launch import descendants
-
-        total = 0.0
-        for pid in (os.getpid(), *descendants(os.getpid())):
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read().decode(errors="replace")
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            # utime, stime, and the reaped children's cutime, cstime
-            total += sum(float(v) for v in fields[11:15]) / self._hz
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            own = time.thread_time()  # the sampler's own CPU is not the system's
-            cpu = self._tree_cpu()
-            self._overhead = getattr(self, "_overhead", 0.0) + time.thread_time() - own
-            self.samples.append((time.time(), cpu - self._overhead))
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> TreeCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def at(self, t: float) -> float:
-        """CPU seconds at wall time ``t`` (linear between samples)."""
-        import bisect
-
-        ts = [x for x, _ in self.samples]
-        i = bisect.bisect_left(ts, t)
-        if i <= 0:
-            return self.samples[0][1]
-        if i >= len(ts):
-            return self.samples[-1][1]
-        (t0, c0), (t1, c1) = self.samples[i - 1], self.samples[i]
-        return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
-
-    def per_round(self, bounds: list[tuple[float, float]]) -> list[float]:
-        return [round(self.at(b) - self.at(a), 3) for a, b in bounds]
 
 
 def emit(row: dict[str, Any]) -> None:
@@ -242,11 +187,11 @@ def run_fedlab(config_path: Path, out: Path, *, plain: bool, timeout: float) -> 
             fit.setdefault(int(row["round"]), []).append(float(row["seconds"]))
         if row.get("kind") == "round":
             bounds.append((float(row["time"]) - float(row["seconds"]), float(row["time"])))
-    per_round_cpu = cpu.per_round(bounds)
+    per_round_cpu = [cpu.between(a, b) for a, b in bounds]
     return {"rounds_s": summary["seconds"]["rounds"], "wall_s": wall,
             "accuracy": summary["federated"]["pooled_test"]["accuracy"],
             "fit_s_sum": [round(sum(fit.get(r, [])), 4) for r in sorted(fit)],
-            "cpu_s": per_round_cpu, "steady_cpu_s": steady(per_round_cpu),
+            "cpu_s": per_round_cpu, "steady_cpu_s": steady_cpu(per_round_cpu),
             "run_dir": str(run_dir)}
 
 
@@ -285,11 +230,11 @@ def run_stock(config_path: Path, work: Path, labs: int, *, cache_model: bool,
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise RunError(f"the stock app did not finish (flwr run exit code {rc}); {log_path}:\n"
                        + tail)
-    per_round_cpu = cpu.per_round([(stamps[r - 1], stamps[r]) for r in range(1, len(stamps))
-                                   if r - 1 in stamps])
+    per_round_cpu = [cpu.between(stamps[r - 1], stamps[r]) for r in range(1, len(stamps))
+                     if r - 1 in stamps]
     return {"rounds_s": rounds, "wall_s": wall,
             "accuracy": acc.get(str(len(rounds)), acc.get(len(rounds))),  # type: ignore[call-overload]
-            "cpu_s": per_round_cpu, "steady_cpu_s": steady(per_round_cpu)}
+            "cpu_s": per_round_cpu, "steady_cpu_s": steady_cpu(per_round_cpu)}
 
 
 def run_system(system: str, config_path: Path, work: Path, args: argparse.Namespace
