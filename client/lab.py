@@ -28,7 +28,7 @@ from client.reply import Reply
 from fedlab import codec
 from fedlab.config import FederationConfig
 from fedlab.data import LabData
-from fedlab.errors import ProtocolError
+from fedlab.errors import ConfigError, ProtocolError
 from fedlab.ledger import LabLedger, LedgerStore
 from fedlab.secure import signing
 from fedlab.updates import digest_update
@@ -143,6 +143,28 @@ class LabPrivacy:
             # record-level calibration with sampling rate 1 and one step per round.
             self.noise_multiplier = dp.calibrate_noise(p.epsilon, p.delta, 1.0, cfg.rounds,
                                                        p.accountant)
+        if self.mode == "lab":
+            self._check_share_fits()
+
+    def _check_share_fits(self) -> None:
+        """Secure aggregation encodes values within +-clip of its fixed-point range; a noise
+        share cut there would leave the sum with less noise than the accounted epsilon
+        assumes. Refuse, before any training, unless the clipped update plus 5 standard
+        deviations of the share fits (about 6e-7 of values would be cut)."""
+        import math
+
+        from fedlab.secure.protocol import SecAggParams
+
+        p = self.cfg.privacy
+        limit = float(SecAggParams.__dataclass_fields__["clip"].default)
+        share = self.noise_multiplier * p.clip / math.sqrt(self.n_labs)
+        if p.clip + 5.0 * share > limit:
+            raise ConfigError(
+                f"privacy: lab-level noise shares of std {share:.3g} (noise multiplier "
+                f"{self.noise_multiplier:.3g} x clip {p.clip:g} / sqrt({self.n_labs} labs)) do "
+                f"not fit secure aggregation's range of +-{limit:g} per value: the sum would "
+                "carry less noise than the epsilon reported. Lower privacy.clip (the update "
+                "bound), raise min_labs, allow a larger privacy.epsilon or fewer rounds")
 
     def counters(self) -> dict[str, int]:
         return {"steps": self.ledger.steps if self.ledger is not None else 0,

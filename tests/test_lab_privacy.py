@@ -70,6 +70,19 @@ def test_lab_level_clips_and_noises_each_update():
     assert abs(np.std(noise) - expected) < 0.05 * expected
 
 
+def test_lab_level_shares_that_secure_aggregation_would_cut_are_refused():
+    """Shares of std noise x clip / sqrt(labs) beyond the encoder's +-8 would be clipped
+    there and the sum would carry less noise than accounted: refused before training."""
+    from fedlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"do not fit secure aggregation's range of \+-8"):
+        LabPrivacy(_cfg(mode="lab", epsilon=1.0, delta=1e-5, clip=1.0), num_train=100,
+                   n_labs=4)
+    ok = LabPrivacy(_cfg(mode="lab", epsilon=1.0, delta=1e-5, clip=0.1), num_train=100,
+                    n_labs=4)
+    assert 0.1 + 5 * ok.noise_multiplier * 0.1 / np.sqrt(default_config().min_labs) <= 8.0
+
+
 def test_state_blobs_are_checked():
     assert unpack_state(None) == (None, {})
     with pytest.raises(ProtocolError):
