@@ -298,8 +298,11 @@ class LabWorker:
         fit = self.trainer.fit(weights, self.data.x_train, self.data.y_train,
                                round_seed=round_ * 100_003 + zlib.crc32(self.lab.encode()) % 100_003)
         update = codec.flatten(fit.weights) - global_vec
-        metrics.update({"num-examples": fit.num_examples, "train-loss": fit.loss,
-                        "seconds": fit.seconds})
+        metrics.update({"num-examples": fit.num_examples, "seconds": fit.seconds})
+        if self.privacy.mode == "off":
+            # Under DP the loss on the training rows is not covered by the accountant (the
+            # noise is on the gradients, not on this number): it stays at the lab.
+            metrics["train-loss"] = fit.loss
         update = self.privacy.after_round(update, metrics)
         return update.astype(np.float32), metrics
 

@@ -87,3 +87,25 @@ def test_state_blobs_are_checked():
     assert unpack_state(None) == (None, {})
     with pytest.raises(ProtocolError):
         unpack_state(b"garbage-state")
+
+
+@pytest.mark.parametrize("mode", ["off", "record"])
+def test_training_loss_stays_at_the_lab_under_dp(mode):
+    """The accountant covers the noisy gradients, not the exact loss on the training rows:
+    under DP that number is not sent."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from client.lab import LabWorker
+    from fedlab import codec
+    from fedlab.task import load_lab
+
+    base = _cfg(mode=mode, epsilon=5.0, delta=1e-5, clip=1.0)
+    cfg = dataclasses.replace(base, rounds=2,
+                              data=dataclasses.replace(base.data, standardize="range"))
+    key = Ed25519PrivateKey.generate()
+    worker = LabWorker(cfg, "cleveland", load_lab(cfg, "cleveland"), key,
+                       {"cleveland": key.public_key()})
+    vec = codec.flatten(worker.trainer.get_weights())
+    update, metrics = worker.train(1, vec)
+    assert update.shape == vec.shape and metrics["num-examples"] > 0
+    assert ("train-loss" in metrics) == (mode == "off")
