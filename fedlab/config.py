@@ -476,6 +476,19 @@ def parse_config(text: str, *, where: str = "federation.toml", base_dir: str = "
         "noise_multiplier": ((int, float), 0.0, _non_negative),
         "accountant": (str, "rdp", _one_of(("rdp", "pld"))),
     })
+    if pv.get("mode", "off") != "off" and not text_data:
+        # The federated feature statistics are exact sums with no noise and no accounting:
+        # under DP they would leak what the epsilon claims to protect.
+        if "standardize" in da_raw and da.get("standardize") == "federated":
+            errs.add("data.standardize", "federated standardisation shares exact sums of every "
+                     "lab's training rows, which differential privacy does not cover; use "
+                     "standardize = \"range\" with [privacy], or turn privacy off")
+        elif "standardize" not in da_raw:
+            da["standardize"] = "range"  # the default, without statistics, under DP
+        if schema.get("missing_policy") == "impute":
+            errs.add("data.missing_policy", "mean imputation uses the federation's exact "
+                     "column means, which differential privacy does not cover; use "
+                     "missing_policy = \"drop\" with [privacy], or turn privacy off")
     if pv.get("mode") == "lab" and not fed.get("secure", True):
         errs.add("privacy.mode", "lab-level noise is split across labs and relies on secure "
                  "aggregation to hide each share; set federation.secure = true or use "

@@ -137,3 +137,21 @@ def test_mutated_default_gives_config_or_config_error(pos, cut, insert):
         parse_config(text)
     except FedlabError:
         pass
+
+
+def test_privacy_never_rides_with_exact_federated_statistics():
+    """Federated statistics are exact sums, outside the DP accountant: with [privacy] the
+    default falls back to range scaling, and asking for them is an error naming the key."""
+    from fedlab.config import DEFAULT_TOML, parse_config
+
+    dp = DEFAULT_TOML + '\n[privacy]\nmode = "record"\nepsilon = 1.0\n'
+    assert parse_config(DEFAULT_TOML).data.standardize == "federated"
+    assert parse_config(dp).data.standardize == "range"
+    explicit = dp.replace('dataset = "heart-disease"',
+                          'dataset = "heart-disease"\nstandardize = "federated"')
+    with pytest.raises(ConfigError, match=r"data.standardize: federated standardisation"):
+        parse_config(explicit)
+    impute = dp.replace('dataset = "heart-disease"',
+                        'dataset = "heart-disease"\nmissing_policy = "impute"')
+    with pytest.raises(ConfigError, match=r"data.missing_policy: mean imputation"):
+        parse_config(impute)
