@@ -45,7 +45,7 @@ import stat
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,30 @@ def recv_frame(sock: socket.socket) -> dict[str, Any]:
     return out
 
 
+# Linux limits a Unix socket's path to 107 bytes; a lab's temporary folder can be deeper
+# (a long TMPDIR). A longer path is reached through an open handle on its folder,
+# /proc/self/fd/N/NAME, which the kernel resolves with the folder's own permissions.
+_SUN_PATH_MAX = 100
+
+
+@contextlib.contextmanager
+def unix_address(path: str | os.PathLike[str]) -> Iterator[str]:
+    """A path to bind or connect ``path`` with, short enough for AF_UNIX."""
+    text = os.fspath(path)
+    if len(os.fsencode(text)) <= _SUN_PATH_MAX:
+        yield text
+        return
+    folder, name = os.path.split(text)
+    fd = os.open(folder or ".", os.O_PATH | os.O_DIRECTORY)
+    try:
+        short = f"/proc/self/fd/{fd}/{name}"
+        if len(os.fsencode(short)) > _SUN_PATH_MAX:
+            raise OSError(f"socket name {name!r} is too long for a Unix socket")
+        yield short
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------------------ client side
 
 
@@ -220,7 +244,8 @@ def call_worker(socket_path: str, kind: str, cfg: Mapping[str, Any], vector: np.
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(socket_path)
+            with unix_address(socket_path) as addr:
+                sock.connect(addr)
             send_frame(sock, {"op": "handle", "kind": kind, "cfg": dict(cfg),
                               "vector": vector})
             res = recv_frame(sock)
@@ -253,7 +278,8 @@ def ping(socket_path: str, timeout: float = 5.0) -> dict[str, Any]:
     """The worker's identity ({"lab", "pid", "num-train"}) if it answers, else raises OSError."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(socket_path)
+        with unix_address(socket_path) as addr:
+            sock.connect(addr)
         send_frame(sock, {"op": PING})
         res = recv_frame(sock)
     if not res.get("ok"):
@@ -288,7 +314,8 @@ class WorkerServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            sock.bind(str(self.socket_path))
+            with unix_address(self.socket_path) as addr:
+                sock.bind(addr)
         finally:
             os.umask(old)
         os.chmod(self.socket_path, 0o600)

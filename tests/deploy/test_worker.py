@@ -42,9 +42,13 @@ class FakeLab:
                      state=f"state-{n}".encode())
 
 
-@pytest.fixture
-def served():
+@pytest.fixture(params=["short", "deep"])
+def served(request):
     folder = Path(tempfile.mkdtemp(prefix="fl-w-"))  # 0700
+    if request.param == "deep":  # a socket path longer than AF_UNIX's 107 bytes
+        folder = folder / ("d" * 60) / ("e" * 60)
+        folder.mkdir(mode=0o700, parents=True)
+        assert len(str(folder / "w.sock")) > 120
     lab = FakeLab()
     srv = w.WorkerServer(lab, folder / "w.sock")
     srv.bind()
