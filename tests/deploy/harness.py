@@ -34,7 +34,12 @@ def secure_ready() -> bool:
 
 def federation_toml(address: str, *, labs: Sequence[str] = HOSPITALS, secure: bool = True,
                     rounds: int = 3, min_labs: int = 2, stage_timeout: float = 30.0,
-                    hosts: Sequence[str] | None = None, name: str = "test-hospitals") -> str:
+                    hosts: Sequence[str] | None = None, name: str = "test-hospitals",
+                    standardize: str = "range") -> str:
+    """A test federation. Range scaling by default: the federated standardisation (the
+    default of a real federation) adds a secure-aggregation session of four exchanges
+    before round 1, about 45 s of Flower polling per run; `fedlab demo --deployment`
+    (tests/deploy/test_demo.py) runs it on the defaults and checks its records."""
     host = address.rpartition(":")[0]
     hosts = list(hosts) if hosts is not None else [host]
     text = f"""[federation]
@@ -57,6 +62,7 @@ name = "logistic"
 
 [data]
 dataset = "heart-disease"
+standardize = "{standardize}"
 
 [server]
 address = "{address}"

@@ -33,6 +33,14 @@ def test_demo_deployment(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["mode"] == "deployment" and summary["rounds_completed"] == 2
     assert set(summary["federated"]["labs"]) == {"cleveland", "hungary", "switzerland", "va"}
+    # the default federated standardisation ran as its own secure session over the labs
+    prep = json.loads((run_dir / "prep.json").read_text())
+    assert set(prep["contributors"]) == {"cleveland", "hungary", "switzerland", "va"}, prep
+    stats = json.loads((run_dir / "feature_stats.json").read_text())
+    assert stats, "feature_stats.json is empty"
+    events = [json.loads(x)["event"] for x in (run_dir / "audit.jsonl").read_text().splitlines()]
+    assert "prep_completed" in events and events.index("prep_completed") < events.index(
+        "round_started"), events
     assert not list(Path(env["TMPDIR"]).glob("fedlab-demo-*"))  # its temporary folder is gone
     left = wait_no_leftovers(str(tmp_path))
     assert not left, "processes left behind:\n" + "\n".join(left)
