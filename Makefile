@@ -30,7 +30,7 @@ demo-deployment: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=25
+	$(BIN)/python -m tests.parallel
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
