@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,7 +82,9 @@ def test_simulation_on_an_existing_ray_cluster(tmp_path):
     ray = shutil.which("ray", path=str(Path(sys.executable).parent))
     assert ray, "ray CLI missing from the venv"
     port = 26379 + os.getpid() % 1000
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Every process of this cluster carries the mark, so the test stops exactly those
+    # (`ray stop` would stop every Ray process on the machine, another test's too).
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", FEDLAB_TEST_MARK=str(tmp_path))
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats"],
                            capture_output=True, text=True, env=env, timeout=120)
@@ -96,7 +100,20 @@ def test_simulation_on_an_existing_ray_cluster(tmp_path):
         assert summary["rounds_completed"] == 2
         assert summary["runtime"]["ray_gcs_address"].endswith(f":{port}")
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _stop_marked(str(tmp_path))
+
+
+def _stop_marked(mark: str) -> None:
+    from tests.deploy.harness import leftovers, wait_no_leftovers
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for line in leftovers(mark):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), sig)
+        if not wait_no_leftovers(mark, timeout=15):
+            return
+    left = leftovers(mark)
+    assert not left, "Ray processes left behind:\n" + "\n".join(left)
 
 
 def test_bad_config_fails_fast_with_one_line(tmp_path):

@@ -87,7 +87,7 @@ def _rounds(run_dir: Path) -> list[dict]:
 
 
 def test_four_labs_refusals_dropout_and_rejoin(dep):
-    rounds = 6  # round 1, va's dropped round, its rejoin and rounds after it
+    rounds = 5  # round 1, va's dropped round, its rejoin and a round after it
     server = dep.server("--rounds", str(rounds), "--timeout", "900")
     server.wait_for(r"4 lab keys registered", 240)
 
