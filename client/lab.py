@@ -229,6 +229,9 @@ class LabPrivacy:
         return update
 
 
+# (model, features, classes, training, strategy, seed, DP) -> LocalTrainer, per process
+_TRAINERS: dict[tuple[Any, ...], Any] = {}
+
 class LabWorker:
     """One lab: data, model, identity; answers the server's requests.
 
@@ -258,16 +261,26 @@ class LabWorker:
         self.identity = identity
         self.roster = dict(roster)
         shape = task_shape(cfg)
-        self.trainer = LocalTrainer(cfg.model, shape.num_features, shape.num_classes,
-                                    cfg.training, cfg.strategy, seed=cfg.seed)
-        self.shapes = self.trainer.shapes
-        self.size = codec.num_params(self.shapes)
         self.num_train = int(len(data.y_train))
         self.privacy = LabPrivacy(cfg, self.num_train, len(self.roster))
-        if cfg.privacy.mode == "record":
-            self.trainer.enable_record_dp(l2_clip=cfg.privacy.clip,
-                                          noise_multiplier=self.privacy.noise_multiplier,
-                                          expected_batch_size=cfg.training.batch_size)
+        dp = ((cfg.privacy.clip, self.privacy.noise_multiplier, cfg.training.batch_size)
+              if cfg.privacy.mode == "record" else None)
+        # One compiled model per process and configuration, shared by the virtual labs a
+        # simulation actor plays in turn: every call sets the weights it was sent and
+        # starts from a fresh optimizer, so nothing of one lab carries into another's.
+        key = (repr(cfg.model), shape.num_features, shape.num_classes, repr(cfg.training),
+               repr(cfg.strategy), cfg.seed, dp)
+        trainer = _TRAINERS.get(key)
+        if trainer is None:
+            trainer = LocalTrainer(cfg.model, shape.num_features, shape.num_classes,
+                                   cfg.training, cfg.strategy, seed=cfg.seed)
+            if dp is not None:
+                trainer.enable_record_dp(l2_clip=dp[0], noise_multiplier=dp[1],
+                                         expected_batch_size=dp[2])
+            _TRAINERS[key] = trainer
+        self.trainer = trainer
+        self.shapes = self.trainer.shapes
+        self.size = codec.num_params(self.shapes)
 
     # -- stages ----------------------------------------------------------------------------
     def hello(self, run_id: str) -> Reply:
