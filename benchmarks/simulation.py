@@ -13,7 +13,12 @@ SGD, batch 16, a few local epochs, R rounds of FedAvg over all labs. It runs as
 2. ``fedlab``: ``fedlab.simulate.simulate(..., plain=True)`` on the same federation.toml
    (and ``fedlab-secure``, the default secure aggregation, if it runs);
 3. ``sequential``: ``benchmarks.sequential.run_sequential`` in this process, no Flower,
-   no Ray: the floor a simulation can approach.
+   no Ray: the training work a simulation cannot avoid;
+4. ``flower-floor``: the stock app in floor mode: the same N nodes, the same model
+   arrays sent and returned once per round, no training and no TensorFlow in the
+   ClientApp: Flower's own per-round cost for one exchange, which comes on top of the
+   training work in any Flower simulation. ``fedlab/(sequential+floor)`` says how much
+   fedlab adds beyond the two.
 
 Every round of every system does the same work per lab: evaluate the model it
 receives on the lab's test rows and train ``local_epochs`` epochs on its training
@@ -49,8 +54,8 @@ from typing import Any
 from benchmarks.cputime import TreeCpu
 
 STOCK_APP = Path(__file__).resolve().parent / "stock_tf_app"
-SYSTEMS = ("sequential", "fedlab", "stock", "stock-cached", "fedlab-secure")
-DEFAULT_SYSTEMS = ("sequential", "fedlab", "stock", "fedlab-secure")
+SYSTEMS = ("sequential", "fedlab", "stock", "stock-cached", "fedlab-secure", "flower-floor")
+DEFAULT_SYSTEMS = ("sequential", "flower-floor", "fedlab", "stock", "fedlab-secure")
 
 log = logging.getLogger("benchmarks.simulation")
 
@@ -197,16 +202,17 @@ def run_fedlab(config_path: Path, out: Path, *, plain: bool, timeout: float) -> 
 
 # -- 1. stock Flower ----------------------------------------------------------------------
 def run_stock(config_path: Path, work: Path, labs: int, *, cache_model: bool,
-              timeout: float) -> dict[str, Any]:
+              timeout: float, floor: bool = False) -> dict[str, Any]:
     from fedlab.errors import RunError
     from fedlab.launch import run_flwr, simulation_superlink
 
-    name = "stock-cached" if cache_model else "stock"
+    name = "flower-floor" if floor else "stock-cached" if cache_model else "stock"
     times_path = work / f"{name}-times.jsonl"
     times_path.unlink(missing_ok=True)
     job_path = work / f"{name}-job.json"
     job_path.write_text(json.dumps({"config": str(config_path), "times": str(times_path),
-                                    "num_labs": labs, "cache_model": cache_model}))
+                                    "num_labs": labs, "cache_model": cache_model,
+                                    "floor": floor}))
     sl_dir = work / f"{name}-superlink"
     sl_dir.mkdir(parents=True, exist_ok=True)
     log_path = work / f"{name}-flower.log"
@@ -245,7 +251,7 @@ def run_system(system: str, config_path: Path, work: Path, args: argparse.Namesp
         return run_fedlab(config_path, work / "runs", plain=system == "fedlab",
                           timeout=args.timeout)
     return run_stock(config_path, work, args.labs, cache_model=system == "stock-cached",
-                     timeout=args.timeout)
+                     timeout=args.timeout, floor=system == "flower-floor")
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -332,6 +338,12 @@ def main(argv: list[str] | None = None) -> int:
               "fedlab/sequential": ratio("fedlab", "sequential"),
               "stock-cached/fedlab": ratio("stock-cached", "fedlab"),
               "fedlab-secure/fedlab": ratio("fedlab-secure", "fedlab")}
+    if "flower-floor" in steady_of and "sequential" in steady_of and "fedlab" in steady_of:
+        ratios["flower-floor/sequential"] = ratio("flower-floor", "sequential")
+        ratios["fedlab/(sequential+flower-floor)"] = round(
+            steady_of["fedlab"] / (steady_of["sequential"] + steady_of["flower-floor"]), 3)
+        ratios["(sequential+flower-floor)/sequential (best fedlab/sequential possible)"] = round(
+            (steady_of["sequential"] + steady_of["flower-floor"]) / steady_of["sequential"], 3)
     ratios = {k: v for k, v in ratios.items() if v is not None}
     cpu_ratios = {"stock/fedlab": ratio("stock", "fedlab", cpu_of),
                   "fedlab/sequential": ratio("fedlab", "sequential", cpu_of)}

@@ -5,6 +5,11 @@ received weights and calls ``model.fit`` / ``model.evaluate`` with ``verbose=0``
 With ``"cache_model": true`` in the job file, one compiled model is kept per actor
 process instead (the cheapest fix a Flower user could make; reported as a separate
 variant, not as "stock").
+
+With ``"floor": true`` the ClientApp answers a train message with the arrays it
+received, at once, importing nothing heavy: what remains of a round is Flower's own
+cost (Ray actors, the in-process SuperLink, message (de)serialisation) for one
+exchange with every node, the floor under any simulated round of this job.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ def _model(job_path: str) -> Any:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     job_path = str(context.run_config["job"])
+    if load_job(job_path).get("floor"):
+        return Message(content=RecordDict({"arrays": msg.content["arrays"],
+                                           "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=msg)
     x_train, y_train, _, _ = load_data(job_path, int(context.node_config["partition-id"]))
     model = _model(job_path)
     model.set_weights(msg.content["arrays"].to_numpy_ndarrays())

@@ -31,13 +31,18 @@ def main(grid: Grid, context: Context) -> None:
         times.flush()
         return None
 
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=n,
-                      min_evaluate_nodes=n, min_available_nodes=n)
+    # floor mode (see client_app): one exchange per round, no federated evaluation
+    floor = bool(job.get("floor"))
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0 if floor else 1.0,
+                      min_train_nodes=n, min_evaluate_nodes=0 if floor else n,
+                      min_available_nodes=n)
     try:
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_weights(job_path)),
                                 num_rounds=cfg.rounds, evaluate_fn=stamp)
         acc = {int(r): float(m["eval_acc"])
                for r, m in result.evaluate_metrics_clientapp.items() if "eval_acc" in m}
+        if floor:
+            acc = {0: 0.0}  # nothing was trained or evaluated
         times.write(json.dumps({"done": True, "eval_acc": acc}) + "\n")
     finally:
         times.close()
