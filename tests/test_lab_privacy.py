@@ -109,3 +109,36 @@ def test_training_loss_stays_at_the_lab_under_dp(mode):
     update, metrics = worker.train(1, vec)
     assert update.shape == vec.shape and metrics["num-examples"] > 0
     assert ("train-loss" in metrics) == (mode == "off")
+
+
+def test_labs_sharing_one_model_in_a_process_do_not_influence_each_other():
+    """Virtual labs in one simulation actor share a compiled model (client.lab._TRAINERS):
+    a lab's update must be the same whether or not another lab trained on it just before."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import client.lab as lab_mod
+    from client.lab import LabWorker
+    from fedlab import codec
+    from fedlab.task import load_lab
+
+    base = _cfg(mode="off")
+    # Adam: optimizer state (moments) that would carry over if it were not reset per call
+    cfg = dataclasses.replace(base, strategy=dataclasses.replace(base.strategy, name="fedavg"),
+                              training=dataclasses.replace(base.training, optimizer="adam"),
+                              data=dataclasses.replace(base.data, standardize="range"))
+    key = Ed25519PrivateKey.generate()
+    roster = {"cleveland": key.public_key(), "hungary": key.public_key()}
+
+    lab_mod._TRAINERS.clear()
+    alone = LabWorker(cfg, "cleveland", load_lab(cfg, "cleveland"), key, roster)
+    vec = codec.flatten(alone.trainer.get_weights())
+    expected, _ = alone.train(1, vec)
+
+    lab_mod._TRAINERS.clear()
+    other = LabWorker(cfg, "hungary", load_lab(cfg, "hungary"), key, roster)
+    shared = LabWorker(cfg, "cleveland", load_lab(cfg, "cleveland"), key, roster)
+    assert shared.trainer is other.trainer  # one model for both labs
+    other.train(1, vec + 0.5)  # moves the shared model's weights and optimizer state
+    got, _ = shared.train(1, vec)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    lab_mod._TRAINERS.clear()
