@@ -79,7 +79,7 @@ def _handle(kind: str, msg: Message, context: Context) -> Message:
     vector = None
     if "model" in msg.content:
         rec = msg.content["model"]
-        vector = rec["v"].numpy() if "v" in rec else None
+        vector = codec.array_of(rec["v"], "the server's model") if "v" in rec else None
     state = None
     if STATE_KEY in context.state:
         state = bytes(context.state[STATE_KEY]["s"])

@@ -22,7 +22,7 @@ def digest_update(vec: np.ndarray, metrics: Mapping[str, Any]) -> bytes:
     h = hashlib.sha256()
     a = np.ascontiguousarray(vec)
     h.update(f"{a.dtype.str}:{a.size}:".encode())
-    h.update(a.tobytes())
+    h.update(memoryview(a.reshape(-1)).cast("B"))  # hashed in place, not copied
     h.update(json.dumps({k: metrics[k] for k in sorted(metrics)}, sort_keys=True).encode())
     return h.digest()
 

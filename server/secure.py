@@ -118,7 +118,7 @@ class SecureRounds:
             for lab, reply in replies.items():
                 try:
                     header = self._protocol_bytes(reply)
-                    vec = reply.content["update"]["v"].numpy()
+                    vec = codec.array_of(reply.content["update"]["v"], "masked update")
                     metrics = dict(reply.content["metrics"])
                     signing.verify(srv.roster, bytes(reply.content["meta"]["sig"]), srv.run_id,
                                    round_, "metrics", lab, metrics_payload(metrics))

@@ -50,3 +50,56 @@ def test_hash_depends_on_values_and_shapes():
     c = [np.arange(6, dtype=np.float32).reshape(2, 3) + 1]
     assert codec.weights_hash(a) == codec.weights_hash([x.copy() for x in a])
     assert len({codec.weights_hash(a), codec.weights_hash(b), codec.weights_hash(c)}) == 3
+
+
+dtypes = st.sampled_from([np.float32, np.float64, np.float16, np.uint32, np.int64, np.uint8,
+                          np.dtype(">f4"), np.bool_])
+
+
+@settings(deadline=None, max_examples=60)
+@given(dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6), st.booleans(),
+       st.integers(0, 2**31))
+def test_arrays_match_flowers_own_encoding_both_ways(dtype, shape, fortran, seed):
+    """``to_array`` writes the bytes ``flwr.app.Array(ndarray)`` writes, and ``array_of``
+    reads back what Flower's own ``Array.numpy()`` reads, for any dtype, shape and order."""
+    from flwr.app import Array
+
+    raw = np.random.default_rng(seed).integers(0, 255, size=shape, dtype=np.uint8)
+    a = raw.astype(dtype)
+    if fortran:
+        a = np.asfortranarray(a)
+    ours, theirs = codec.to_array(a), Array(a)
+    if not fortran or a.ndim < 2:
+        assert ours.data == theirs.data
+    for arr in (ours, theirs):
+        got = codec.array_of(arr)
+        assert got.dtype == a.dtype and got.shape == a.shape
+        np.testing.assert_array_equal(got, a)
+        np.testing.assert_array_equal(arr.numpy(), a)
+    assert not codec.array_of(theirs).flags.writeable  # a view of the message, never altered
+
+
+def test_array_of_refuses_what_numpy_load_would_not_be_asked_to_read():
+    from flwr.app import Array
+
+    good = codec.to_array(np.arange(6, dtype=np.float32))
+    with pytest.raises(ProtocolError, match="metadata"):  # bytes and metadata disagree
+        codec.array_of(Array(dtype="float64", shape=(6,), stype=good.stype, data=good.data))
+    with pytest.raises(ProtocolError, match="metadata"):
+        codec.array_of(Array(dtype="float32", shape=(3, 2), stype=good.stype, data=good.data))
+    with pytest.raises(ProtocolError, match="bytes of values"):  # cut short / padded
+        codec.array_of(Array(dtype="float32", shape=(6,), stype=good.stype, data=good.data[:-4]))
+    with pytest.raises(ProtocolError, match="bytes of values"):
+        codec.array_of(Array(dtype="float32", shape=(6,), stype=good.stype,
+                             data=good.data + b"\0" * 4))
+    with pytest.raises(ProtocolError, match="serialised as"):
+        codec.array_of(Array(dtype="float32", shape=(6,), stype="torch", data=good.data))
+    with pytest.raises(ProtocolError, match="not a valid .npy"):
+        codec.array_of(Array(dtype="float32", shape=(6,), stype=good.stype, data=b"PK\3\4" * 9))
+    # A pickled object array: the header declares dtype 'O'; never unpickled.
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ProtocolError, match="Python objects"):
+        codec.array_of(Array(dtype="object", shape=(1,), stype=good.stype, data=buf.getvalue()))
