@@ -9,13 +9,24 @@ Every message becomes one call ``handle(kind, cfg, vector, state)`` on the lab's
   ClientApp forwards the call over a local socket (``client.worker``), so the process
   Flower starts per message imports no TensorFlow and never sees data or keys.
 
-Secure-aggregation state travels in the node's ``Context.state`` in simulation, so it
-does not matter which actor serves the next message; the deployment worker keeps it.
+In simulation a virtual lab's state between messages (secure-aggregation keys, privacy
+counters, preprocessing results; encrypted under its identity key) lives in a file of
+the run's private work folder, read and written under a lock on that lab
+(:func:`lab_state`), so it does not matter which actor serves the next message, and two
+messages of one lab never run on the same state at once. Flower's engine can hand a lab
+its next message while a late one is still running (after a stage timeout); with the
+state in ``Context.state`` the late reply's older state could overwrite the newer one
+and the lab was refused the round after. The deployment worker keeps the state itself.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +42,43 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 _WORKERS: dict[tuple[str, int], object] = {}
-STATE_KEY = "fedlab-secagg"
+STATE_DIR = "state"  # beside the virtual labs' keys: <job keys_dir>/../state/
+
+
+@dataclass
+class StateSlot:
+    """A lab's state as read at the start of a message; set ``state`` to keep a new one."""
+
+    state: bytes | None
+
+
+@contextmanager
+def lab_state(folder: Path, run_id: int, lab_index: int) -> Iterator[StateSlot]:
+    """Hold the lock of one virtual lab's state for one message of one Flower run.
+
+    The state file is named by Flower's run id (as ``Context.state`` is per run), so a
+    runtime restarted after a crash starts from no state, as the server starts a new
+    secure-aggregation session. Written atomically (temporary file, ``os.replace``), 0600;
+    the lock is ``flock`` on a separate file, released when the message is answered (or
+    when the process holding it dies)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"run{run_id}-lab{lab_index}.state"
+    fd = os.open(folder / f"lab{lab_index}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            before = path.read_bytes()
+        except FileNotFoundError:
+            before = None
+        slot = StateSlot(before)
+        yield slot
+        if slot.state is not None and slot.state != before:
+            tmp = path.with_name(path.name + ".tmp")
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.write(slot.state)
+            os.replace(tmp, path)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _local_worker(context: Context) -> object:
@@ -70,6 +117,7 @@ def _local_worker(context: Context) -> object:
 
             worker.ledger_store = LedgerStore(Path(job.run_dir) / "privacy", cfg.name,
                                               per_run_folder=True)
+        worker.state_dir = Path(job.keys_dir).parent / STATE_DIR  # type: ignore[attr-defined]
         _WORKERS[key] = worker
     return worker
 
@@ -80,17 +128,18 @@ def _handle(kind: str, msg: Message, context: Context) -> Message:
     if "model" in msg.content:
         rec = msg.content["model"]
         vector = codec.array_of(rec["v"], "the server's model") if "v" in rec else None
-    state = None
-    if STATE_KEY in context.state:
-        state = bytes(context.state[STATE_KEY]["s"])
     if "worker" in context.node_config:  # deployment: hand the work to the warm worker
         from client.worker import call_worker
 
-        reply: Reply = call_worker(str(context.node_config["worker"]), kind, cfg, vector, state)
+        reply: Reply = call_worker(str(context.node_config["worker"]), kind, cfg, vector)
     else:
-        reply = _local_worker(context).handle(kind, cfg, vector, state)  # type: ignore[attr-defined]
-    if reply.state is not None:
-        context.state[STATE_KEY] = ConfigRecord({"s": reply.state})
+        worker = _local_worker(context)
+        with lab_state(worker.state_dir, msg.metadata.run_id,  # type: ignore[attr-defined]
+                       int(context.node_config["partition-id"])) as slot:
+            reply = worker.handle(kind, cfg, vector, slot.state)  # type: ignore[attr-defined]
+            if reply.state is not None:
+                slot.state = reply.state
+        reply.state = None
     return to_message(msg, reply)
 
 

@@ -126,6 +126,31 @@ def test_secure_dropouts_at_every_stage_poison_and_threshold(tmp_path):
     verify_run(run_dir)
 
 
+def test_a_late_reply_does_not_overwrite_the_labs_newer_state(tmp_path):
+    """Fault S7: a lab answers its round-2 masked update 1 s after the stage timeout. The
+    server drops it and goes on; in round 3 the lab re-runs setup while Flower may still
+    run the late message in another actor. Its state must come out of both messages in
+    order: it contributes in every later round. (With the state in Flower's Context, the
+    late message's older state overwrote the newer keys when it ended, a round or two
+    later, and the lab was refused there and had to set up again.)"""
+    timeout = 25
+    faults = [{"lab": "va", "round": 2, "stage": "round", "kind": "late", "seconds": timeout + 1}]
+    cfg = _config(tmp_path, rounds=12, secure=True)
+    cfg.write_text(cfg.read_text().replace("stage_timeout = 60", f"stage_timeout = {timeout}")
+                   .replace("local_epochs = 3", "local_epochs = 1"))
+    run_dir, summary = _simulate(cfg, tmp_path / "late", faults, EVIL_APP)
+    rows = _rounds(run_dir)
+    assert [r["aggregated"] for r in rows] == [True] * 12
+    assert rows[1]["dropped"] == ["va"]
+    assert rows[1]["contributors"] == ["cleveland", "hungary", "switzerland"]
+    assert rows[2]["contributors"] == list(FOUR) and rows[2]["exchanges"] == 4  # setup again
+    for row in rows[3:]:
+        assert row["contributors"] == list(FOUR) and row["exchanges"] == 2, row
+    refused = [e for e in _audit(run_dir) if e["event"] == "lab_error" and e.get("lab") == "va"]
+    assert refused == []
+    verify_run(run_dir)
+
+
 def test_server_killed_mid_round_resumes_there(tmp_path):
     """Fault R1: SIGKILL of the whole server side in the middle of round 3, then resume."""
     cfg = _config(tmp_path, rounds=5, secure=True)

@@ -5,6 +5,9 @@ FEDLAB_TEST_FAULTS is a JSON list of {"lab", "round", "stage", "kind"}:
   as a lab whose process dies there: the server gets an error reply (a dropout);
 - kinds "nan", "inf", "shape", "dtype", "norm" (plain rounds): the lab sends a corrupted
   update, correctly signed with its own key (a broken or hostile lab, not a forger);
+- kind "late" (with "seconds"): the lab answers, but only after that many seconds,
+  holding its state meanwhile (a slow or paused machine): past the stage timeout, the
+  server has moved on while Flower's engine still runs the late message;
 - kind "poison" (secure rounds): the lab trains normally, then scales its update x1000
   and claims the maximum example count before masking: its contribution dominates the
   aggregate, which the server can only judge after unmasking.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -29,10 +33,10 @@ FAULTS: list[dict[str, Any]] = json.loads(os.environ.get("FEDLAB_TEST_FAULTS", "
 app = ClientApp()
 
 
-def _fault(lab: str, round_: int, stage: str) -> str | None:
+def _fault(lab: str, round_: int, stage: str) -> dict[str, Any] | None:
     for f in FAULTS:
         if f["lab"] == lab and int(f["round"]) == round_ and f["stage"] == stage:
-            return str(f["kind"])
+            return f
     return None
 
 
@@ -65,7 +69,21 @@ def _corrupt(reply: Message, kind: str, worker: Any, round_: int, run: str) -> M
 def _run(stage: str, msg: Message, context: Context) -> Message:
     worker = real._local_worker(context)
     round_ = _round(msg)
-    kind = _fault(worker.lab, round_, stage)  # type: ignore[attr-defined]
+    fault = _fault(worker.lab, round_, stage)  # type: ignore[attr-defined]
+    kind = None if fault is None else str(fault["kind"])
+    if kind == "late":
+        honest_handle = type(worker).handle
+
+        def late(self: Any, *args: Any) -> Any:
+            reply = honest_handle(self, *args)
+            time.sleep(float(fault["seconds"]))  # type: ignore[index]
+            return reply
+
+        worker.handle = late.__get__(worker)  # type: ignore[attr-defined]
+        try:
+            return real._handle(stage, msg, context)
+        finally:
+            del worker.handle  # type: ignore[attr-defined]
     if kind == "fail":
         raise RuntimeError(f"test fault: lab {worker.lab} fails at {stage} of round {round_}")  # type: ignore[attr-defined]
     if kind == "poison":
