@@ -26,7 +26,12 @@ Everything is measured in this one script on this machine:
    cleanup). A steady round is the median of rounds 2..R. Bytes per lab come from
    fedlab's metrics.jsonl (``bytes_sent`` of kind "train") and, for stock, from the
    replies recorded by the stock ServerApp.
-3. ``heart``: the built-in heart-disease demo in simulation, secure vs ``plain=True``.
+3. ``heart``: the built-in heart-disease demo in simulation, secure vs ``plain=True``, and
+   Flower's floor for it: the stock app of ``benchmarks/simulation.py`` in floor mode
+   (the same four nodes answer a train message at once, no TensorFlow, one exchange a
+   round, Flower's own FedAvg loop). Its rounds are this small model's cost of one
+   exchange in Flower's engine, which hands out messages on a 0.1 s tick: a plain round
+   needs one exchange, a secure one two, so 2x is where secure/plain sits at the floor.
 
 Neighbours and threshold are the same for every system: fedlab's own (it has no setting
 for them): ``k = n - 1`` (full SecAgg) up to 20 labs, ``k = 2*ceil(log2 n) + 4`` beyond
@@ -592,6 +597,26 @@ def run_heart(plain: bool, rounds: int, work: Path, timeout: float) -> dict[str,
     return row
 
 
+def run_heart_floor(rounds: int, work: Path, timeout: float) -> dict[str, Any]:
+    import re
+
+    from benchmarks.simulation import run_stock as run_stock_tf
+    from fedlab.config import DEFAULT_TOML
+
+    watch = Watch()
+    cfg_path = work / "heart-floor.toml"
+    text, found = re.subn(r"(?m)^rounds = \d+$", f"rounds = {rounds}", DEFAULT_TOML)
+    assert found == 1, "the built-in federation sets rounds once"
+    cfg_path.write_text(text)
+    res = run_stock_tf(cfg_path, work, 4, cache_model=False, timeout=timeout, floor=True)
+    rounds_s = [r4(s) for s in res["rounds_s"]]
+    row = {"part": "heart", "system": "flower-floor", "rounds": rounds,
+           "steady_round_s": r4(steady(rounds_s)), "round_s": rounds_s,
+           "wall_s": r4(res["wall_s"])}
+    row.update(watch.fields())
+    return row
+
+
 # -- main -----------------------------------------------------------------------------------
 def ratios_and_goals(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bool]]:
     ratios: dict[str, Any] = {}
@@ -654,6 +679,12 @@ def ratios_and_goals(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[s
     if "fedlab-secure" in heart and "fedlab-plain" in heart and heart["fedlab-plain"] > 0:
         ratios["heart secure/plain"] = r3(heart["fedlab-secure"] / heart["fedlab-plain"])
         goals["heart-disease steady secure round <= 2x plain"] = ratios["heart secure/plain"] <= 2.0
+    if heart.get("flower-floor", 0) > 0:
+        floor = heart["flower-floor"]
+        for system, exchanges in (("fedlab-plain", 1), ("fedlab-secure", 2)):
+            if system in heart:
+                ratios[f"heart {system} / ({exchanges} x flower-floor)"] = r3(
+                    heart[system] / (exchanges * floor))
     return ratios, goals
 
 
@@ -722,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
             for plain in (False, True):
                 record(lambda plain=plain: run_heart(plain, args.heart_rounds, work, args.timeout),
                        {"part": "heart", "system": "fedlab-plain" if plain else "fedlab-secure"})
+            record(lambda: run_heart_floor(args.heart_rounds, work, args.timeout),
+                   {"part": "heart", "system": "flower-floor"})
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

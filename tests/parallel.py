@@ -11,6 +11,7 @@ Usage: ``python -m tests.parallel [extra pytest arguments for both]``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,8 +37,14 @@ def main(argv: list[str]) -> int:
                       "for the deployment tests", flush=True)
                 deployed = deploy.wait()
             except BaseException:
-                deploy.terminate()
-                deploy.wait(60)
+                # SIGINT, as Ctrl-C would: pytest then runs the fixtures' teardown, which
+                # stops the servers and labs it started (SIGTERM would skip it).
+                deploy.send_signal(signal.SIGINT)
+                try:
+                    deploy.wait(90)
+                except subprocess.TimeoutExpired:
+                    deploy.kill()
+                    deploy.wait()
                 raise
         print(f"\n===== deployment tests ({time.monotonic() - t0:.0f} s) =====", flush=True)
         sys.stdout.write(log_path.read_text(errors="replace"))
