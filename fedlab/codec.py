@@ -116,11 +116,13 @@ def array_of(arr: Array, what: str = "array") -> np.ndarray:
             shape, fortran, dtype = npformat.read_array_header_2_0(head)
         else:
             raise ValueError(f".npy version {version} is not supported")
-    except (ValueError, SyntaxError, EOFError) as exc:
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
         raise ProtocolError(f"{what} is not a valid .npy array: {exc}") from exc
     offset = head.tell()
     if dtype.hasobject:
         raise ProtocolError(f"{what} holds Python objects; refused")
+    if dtype.itemsize == 0:
+        raise ProtocolError(f"{what} has values of zero bytes ({dtype}); refused")
     if str(dtype) != str(arr.dtype) or tuple(shape) != tuple(arr.shape):
         raise ProtocolError(f"{what}: its bytes say {dtype} {tuple(shape)}, its metadata "
                             f"{arr.dtype} {tuple(arr.shape)}")

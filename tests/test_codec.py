@@ -103,3 +103,31 @@ def test_array_of_refuses_what_numpy_load_would_not_be_asked_to_read():
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ProtocolError, match="Python objects"):
         codec.array_of(Array(dtype="object", shape=(1,), stype=good.stype, data=buf.getvalue()))
+
+
+def _npy(header: bytes, values: bytes = b"") -> bytes:
+    pad = b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    header += pad
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + values
+
+
+def test_array_of_refuses_zero_byte_values():
+    from flwr.app import Array
+
+    data = _npy(b"{'descr': '|V0', 'fortran_order': False, 'shape': (3,), }")
+    with pytest.raises(ProtocolError, match="zero bytes"):
+        codec.array_of(Array(dtype="|V0", shape=(3,), stype=codec.NPY_STYPE, data=data))
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.binary(max_size=120), st.sampled_from([b"", b"\x01\x00", b"\x02\x00", b"\x03\x00"]))
+def test_array_of_gives_an_array_or_a_protocol_error_for_any_bytes(tail, version):
+    """Whatever bytes a message carries, reading them never crashes another way."""
+    from flwr.app import Array
+
+    try:
+        out = codec.array_of(Array(dtype="float32", shape=(3,), stype=codec.NPY_STYPE,
+                                   data=b"\x93NUMPY" + version + tail))
+    except ProtocolError:
+        return
+    assert out.dtype == np.float32 and out.shape == (3,)
